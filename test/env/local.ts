@@ -1,0 +1,216 @@
+// The local fleet behind `mailfleet local up/down`: a control plane with controllers, scheduler and
+// kwok nodes, NATS (1 or 3 nodes), the CRDs, and the operator, all detached from the CLI process and
+// recorded in <stateDir>/local.json so that `local down` can stop exactly what `local up` started.
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { setTimeout as sleep } from "node:timers/promises";
+import { startControlPlane, applyCRDsWithKubeconfig } from "./controlplane.ts";
+import { startNats } from "./nats.ts";
+import { startProcess, stopGroup, pidAlive, childEnv, logTail } from "./proc.ts";
+
+export const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+export interface LocalUpOptions {
+  /** Default: $MAILFLEET_STATE_DIR or .local (relative to the current directory). */
+  stateDir?: string;
+  natsNodes?: 1 | 3;
+  /** kwok nodes (default 1). */
+  nodes?: number;
+  /** CRD folder (default <project>/crds; skipped when it has no YAML). */
+  crdsDir?: string;
+  /** Start operator/main.ts when it exists (default true). */
+  operator?: boolean;
+  /** Progress lines (default: stderr). */
+  log?: (line: string) => void;
+}
+
+export interface LocalState {
+  version: 1;
+  stateDir: string;
+  kubeconfig: string;
+  server: string;
+  /** Comma-separated NATS URLs (what the operator's --nats gets). */
+  nats: string;
+  natsUrls: string[];
+  natsMonitor: string[];
+  /** Process group leaders by component. */
+  pids: Record<string, number>;
+  /** Executable of each component, checked against /proc before signalling a recorded pid. */
+  commands: Record<string, string>;
+  crds: string[];
+  operator: { started: boolean; pid?: number; log?: string; reason?: string };
+  logs: string;
+  startedAt: string;
+  stoppedAt?: string;
+}
+
+export function defaultStateDir(): string {
+  return resolve(process.env.MAILFLEET_STATE_DIR || ".local");
+}
+
+function stateFile(dir: string): string {
+  return join(dir, "local.json");
+}
+
+export function readLocalState(stateDir = defaultStateDir()): LocalState | undefined {
+  try {
+    return JSON.parse(readFileSync(stateFile(stateDir), "utf8")) as LocalState;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether a recorded pid is still the process we started (not a reused pid). */
+function isOurs(pid: number, command: string | undefined): boolean {
+  if (!pidAlive(pid)) return false;
+  if (!command) return true;
+  try {
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    return cmdline.some((part) => part === command || part.endsWith(`/${command.split("/").pop()}`));
+  } catch {
+    return false;
+  }
+}
+
+export function localStatus(stateDir = defaultStateDir()): { state?: LocalState; alive: Record<string, boolean> } {
+  const state = readLocalState(stateDir);
+  const alive: Record<string, boolean> = {};
+  if (state && !state.stoppedAt) {
+    for (const [name, pid] of Object.entries(state.pids)) alive[name] = isOurs(pid, state.commands[name]);
+  }
+  return { state, alive };
+}
+
+export class AlreadyUpError extends Error {
+  state: LocalState;
+  constructor(state: LocalState) {
+    super(`the local fleet is already up (state in ${state.stateDir}); run \`mailfleet local down\` first`);
+    this.state = state;
+  }
+}
+
+/**
+ * Starts everything detached and returns the recorded state. When the fleet in stateDir is already
+ * fully up, returns it with alreadyUp; when only part of it runs, throws (run `local down` first).
+ */
+export async function localUp(o: LocalUpOptions = {}): Promise<{ state: LocalState; alreadyUp: boolean }> {
+  const stateDir = resolve(o.stateDir ?? defaultStateDir());
+  const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  const { state: old, alive } = localStatus(stateDir);
+  const names = Object.keys(alive);
+  if (old && !old.stoppedAt && names.some((n) => alive[n])) {
+    const dead = names.filter((n) => !alive[n]);
+    if (dead.length === 0) return { state: old, alreadyUp: true };
+    throw new Error(`the local fleet in ${stateDir} is partly up (not running: ${dead.join(", ")}); run \`mailfleet local down\` and then \`local up\` again`);
+  }
+  mkdirSync(stateDir, { recursive: true });
+  const pids: Record<string, number> = {};
+  const commands: Record<string, string> = {};
+  const stopAll = async () => {
+    for (const pid of Object.values(pids).reverse()) await stopGroup(pid);
+  };
+  try {
+    log(`starting the control plane in ${join(stateDir, "kube")} (first run builds the Kubernetes binaries: tens of minutes)`);
+    const cp = await startControlPlane({ dir: join(stateDir, "kube"), withControllers: true, nodes: o.nodes ?? 1, detach: true });
+    for (const [name, p] of Object.entries(cp.processes)) {
+      pids[name] = p.pid;
+      commands[name] = p.child.spawnfile;
+    }
+    log(`control plane up at ${cp.server} with ${cp.nodes.length} kwok node(s)`);
+
+    const natsNodes = o.natsNodes ?? 1;
+    log(`starting NATS (${natsNodes} node${natsNodes > 1 ? "s" : ""})`);
+    const nats = await startNats({ dir: join(stateDir, "nats"), nodes: natsNodes, detach: true });
+    for (const s of nats.servers) {
+      pids[`nats-${s.name}`] = s.process!.pid;
+      commands[`nats-${s.name}`] = s.process!.child.spawnfile;
+    }
+    log(`NATS up at ${nats.urls.join(",")}`);
+
+    const crdsDir = o.crdsDir ?? join(PROJECT_ROOT, "crds");
+    let crds: string[] = [];
+    if (existsSync(crdsDir) && readdirSync(crdsDir).some((f) => /\.(ya?ml|json)$/.test(f))) {
+      crds = await applyCRDsWithKubeconfig(cp.kubeconfigPath, crdsDir);
+      log(`applied ${crds.length} CRD(s) from ${crdsDir}`);
+    } else {
+      log(`no CRDs applied: ${crdsDir} has no YAML files yet`);
+    }
+
+    const operator: LocalState["operator"] = { started: false };
+    const main = join(PROJECT_ROOT, "operator", "main.ts");
+    if (o.operator === false) {
+      operator.reason = "not requested (--no-operator)";
+    } else if (!existsSync(main)) {
+      operator.reason = "operator/main.ts does not exist yet";
+      log("operator not started: operator/main.ts does not exist yet");
+    } else {
+      const logFile = join(stateDir, "logs", "operator.log");
+      const p = startProcess({
+        name: "operator",
+        command: process.execPath,
+        args: [main, "--kubeconfig", cp.kubeconfigPath, "--nats", nats.urls.join(",")],
+        logFile,
+        cwd: PROJECT_ROOT,
+        detach: true,
+        env: childEnv(),
+      });
+      pids.operator = p.pid;
+      commands.operator = process.execPath;
+      // A crash at start-up (bad flags, import errors) shows within a few seconds.
+      await Promise.race([p.exited, sleep(3000)]);
+      if (p.exitCode() !== undefined) {
+        throw new Error(`operator exited (${p.exitCode()}) right after start; last lines of ${logFile}:\n${logTail(logFile, 30)}`);
+      }
+      Object.assign(operator, { started: true, pid: p.pid, log: logFile });
+      log(`operator started (pid ${p.pid}, log ${logFile})`);
+    }
+
+    const state: LocalState = {
+      version: 1,
+      stateDir,
+      kubeconfig: cp.kubeconfigPath,
+      server: cp.server,
+      nats: nats.urls.join(","),
+      natsUrls: nats.urls,
+      natsMonitor: nats.servers.map((s) => s.monitorUrl),
+      pids,
+      commands,
+      crds,
+      operator,
+      logs: join(stateDir, "kube", "logs"),
+      startedAt: new Date().toISOString(),
+    };
+    writeFileSync(stateFile(stateDir), JSON.stringify(state, null, 2) + "\n");
+    return { state, alreadyUp: false };
+  } catch (e) {
+    await stopAll();
+    throw e;
+  }
+}
+
+/** Stops every process recorded by localUp (process groups, reverse start order). */
+export async function localDown(o: { stateDir?: string; purge?: boolean } = {}): Promise<{ stopped: string[]; purged: boolean; wasUp: boolean }> {
+  const stateDir = resolve(o.stateDir ?? defaultStateDir());
+  const state = readLocalState(stateDir);
+  const stopped: string[] = [];
+  if (state && !state.stoppedAt) {
+    for (const [name, pid] of Object.entries(state.pids).reverse()) {
+      if (!isOurs(pid, state.commands[name])) continue;
+      await stopGroup(pid);
+      stopped.push(name);
+    }
+    state.stoppedAt = new Date().toISOString();
+    writeFileSync(stateFile(stateDir), JSON.stringify(state, null, 2) + "\n");
+  }
+  const wasUp = stopped.length > 0;
+  if (o.purge && existsSync(stateDir)) {
+    // Only a folder that looks like ours: MAILFLEET_STATE_DIR could point anywhere.
+    if (!existsSync(stateFile(stateDir)) && !existsSync(join(stateDir, "kube")) && !existsSync(join(stateDir, "nats"))) {
+      throw new Error(`not purging ${stateDir}: it does not look like a mailfleet state directory (no local.json, kube/ or nats/)`);
+    }
+    rmSync(stateDir, { recursive: true, force: true });
+    return { stopped, purged: true, wasUp };
+  }
+  return { stopped, purged: false, wasUp };
+}
