@@ -37,15 +37,14 @@ else
   echo "install-debian: all ${#pkgs[@]} packages present"
 fi
 
-# Separate Postfix instances (postfix -c DIR) must be listed in the default instance's
-# alternate_config_directories; with "No configuration" there is no main.cf yet.
+# Test instances run as `postfix -c DIR` with their own main.cf (test/env/peers/postfix.ts); as
+# root that needs no alternate_config_directories entry (only set-gid commands run by other users
+# check it). The default instance gets a main.cf that keeps it off the network should anything
+# ever start it.
 mkdir -p /etc/postfix
-[ -f /etc/postfix/main.cf ] || cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf 2>/dev/null || touch /etc/postfix/main.cf
-# Instances live under per-test state dirs anywhere on disk; Postfix accepts a parent-directory
-# prefix check only via the exact list, so the launcher appends each DIR itself (postconf -e);
-# here we only make sure the default instance is sane and never runs.
-postconf -e 'inet_interfaces = loopback-only' 'master_service_disable = inet' \
-  'maillog_file = /dev/null' 2>/dev/null || true
+[ -f /etc/postfix/main.cf ] || cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf
+postconf -e 'inet_interfaces = loopback-only' 'master_service_disable = inet'
+postconf -X maillog_file 2>/dev/null || true
 
 # Stop and disable whatever the packages may have started (the system Postfix, a Prometheus,
 # a node exporter). On a machine without a running systemd, systemctl disable still removes the

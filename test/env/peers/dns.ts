@@ -35,7 +35,7 @@ export type DnsRecord =
   | { type: 'TXT'; name: string; value: string | string[] }
   /** name: an IPv4 address (or an in-addr.arpa name); value: the host name. */
   | { type: 'PTR'; name: string; value: string }
-  /** value: the target, which must itself be a name configured here (a dnsmasq rule). */
+  /** value: the target; the answer carries the target's records when they are configured here. */
   | { type: 'CNAME'; name: string; value: string };
 
 export type DnsFailMode = 'timeout' | 'refused';

@@ -172,6 +172,8 @@ function postfixRegexp(field: string, pattern: RegExp | string): string {
 
 function validateOptions(opts: StartPostfixOptions): { rateTimeUnit?: string } {
   if (!opts.dir) throw new PeerError(COMPONENT, 'dir is required');
+  // the path goes into main.cf lists (maillog_file_prefixes) and master.cf -o values
+  if (/[\s,${}()]/.test(opts.dir)) throw new PeerError(COMPONENT, `dir must not contain whitespace, commas, $, braces or parentheses: ${JSON.stringify(opts.dir)}`);
   if (!Array.isArray(opts.listeners) || opts.listeners.length === 0) throw new PeerError(COMPONENT, 'listeners must list at least one listener');
   if (!Array.isArray(opts.domains) || opts.domains.length === 0) throw new PeerError(COMPONENT, 'domains must list at least one recipient domain');
   for (const [i, d] of opts.domains.entries()) {
@@ -257,6 +259,20 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
   const inbox = join(dir, 'inbox');
   const logPath = join(dir, 'maillog');
   const timeoutMs = opts.timeoutMs ?? 60_000;
+
+  const masterPidFile = join(queueDir, 'pid', 'master.pid');
+  const readMasterPid = async (): Promise<number | undefined> => {
+    try {
+      const pid = Number((await readFile(masterPidFile, 'utf8')).trim());
+      return pid > 0 && alive(pid) ? pid : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+
+  if (await readMasterPid()) {
+    throw new PeerError(COMPONENT, `an instance is already running with queue ${queueDir} (pid file ${masterPidFile}): stop it first`);
+  }
 
   await mkdir(dir, { recursive: true });
   await ensureTraversable(dir);
@@ -397,22 +413,9 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
   const env = { ...process.env, MAIL_CONFIG: confDir };
   const pf = (args: string[], timeout = timeoutMs) =>
     run(COMPONENT, POSTFIX, ['-c', confDir, ...args], { env, timeoutMs: timeout }).catch(async (err: PeerError) => {
-      throw new PeerError(COMPONENT, `${err.message}\n(config ${confDir})`, await tailFile(logPath));
+      throw new PeerError(COMPONENT, `${err.message.replace(/^postfix: /, '')}\n(config ${confDir})`, await tailFile(logPath));
     });
 
-  const masterPidFile = join(queueDir, 'pid', 'master.pid');
-  const readMasterPid = async (): Promise<number | undefined> => {
-    try {
-      const pid = Number((await readFile(masterPidFile, 'utf8')).trim());
-      return pid > 0 && alive(pid) ? pid : undefined;
-    } catch {
-      return undefined;
-    }
-  };
-
-  if (await readMasterPid()) {
-    throw new PeerError(COMPONENT, `an instance is already running with queue ${queueDir} (pid file ${masterPidFile}): stop it first`);
-  }
   await pf(['start']);
   const masterPid = await waitFor('the master pid file', readMasterPid, { component: COMPONENT, log: logPath, timeoutMs });
   // master runs in its own session: its pid is the group of every daemon it forks.
