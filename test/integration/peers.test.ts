@@ -1,6 +1,6 @@
 // The real peers every relay, shaper and fleet test relies on: Postfix as provider MX hosts,
 // smtp-sink/smtp-source, dnsmasq, the python3-dkim verifier, Prometheus and promtool.
-// Addresses used here: MX 127.0.2.1-3, clients 127.0.1.1-6, DNS 127.0.53.1, sink 127.0.9.1.
+// Addresses used here: MX 127.0.2.1-4, clients 127.0.1.1-6, DNS 127.0.53.1, sink 127.0.9.1.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -111,7 +111,7 @@ before(async () => {
   dns = await startDns({ dir: join(base, 'dns'), address: '127.0.53.1', records });
   pf = await startPostfix({
     dir: join(base, 'postfix'),
-    domains: ['gmail.test', 'ratelimited.test', 'busy.test'],
+    domains: ['gmail.test', 'ratelimited.test', 'busy.test', 'tls.test'],
     listeners: [
       {
         address: '127.0.2.1',
@@ -121,6 +121,7 @@ before(async () => {
       // a window longer than any test run: the limit cannot reset half-way through an assertion
       { address: '127.0.2.2', hostname: 'mx.ratelimited.test', limits: { messageRatePerUnit: 2, rateTimeUnit: '3600s' } },
       { address: '127.0.2.3', hostname: 'mx.busy.test', limits: { connectionCountLimit: 2, rateTimeUnit: '3600s' } },
+      { address: '127.0.2.4', hostname: 'mx.tls.test', requireTls: true },
     ],
   });
 });
@@ -130,7 +131,7 @@ after(async () => {
   await pf?.stop();
   await dns?.stop();
   if (queue) assert.deepEqual(await processesIn(queue), [], 'Postfix left processes behind');
-  for (const a of ['127.0.2.1', '127.0.2.2', '127.0.2.3']) assert.equal(tcpListening(a, 25), false, `${a}:25 still listening`);
+  for (const a of ['127.0.2.1', '127.0.2.2', '127.0.2.3', '127.0.2.4']) assert.equal(tcpListening(a, 25), false, `${a}:25 still listening`);
   assert.equal(tcpListening('127.0.53.1', 53), false);
   if (base && !process.env.MAILFLEET_KEEP_STATE) await rm(base, { recursive: true, force: true });
 });
@@ -212,6 +213,28 @@ describe('postfix as a provider MX', () => {
     assert.ok(up.ok, JSON.stringify(!up.ok && up.err));
     const [m] = await pf.waitForMessages(1, { filter: (x) => x.deliveredTo === 'erin@gmail.test' });
     assert.equal(m?.clientIp, '127.0.1.6');
+  });
+
+  test('a listener that requires TLS refuses plaintext and records TLS sessions', T, async () => {
+    const plain = await send('127.0.2.4', '127.0.1.1', 'tina@tls.test');
+    assert.equal(plain.ok, false);
+    assert.match((!plain.ok && plain.err.response) || '', /^530 5\.7\.0 Must issue a STARTTLS command first/);
+    const t = nodemailer.createTransport({
+      host: '127.0.2.4',
+      port: 25,
+      localAddress: '127.0.1.1',
+      requireTLS: true,
+      tls: { ca: pf.tlsCertPem, servername: 'mx.tls.test' }, // the listener's self-signed certificate
+    });
+    try {
+      await t.sendMail({ from: 'a@sender.test', to: 'tina@tls.test', subject: 'over TLS', text: 'x' });
+    } finally {
+      t.close();
+    }
+    const [m] = await pf.waitForMessages(1, { filter: (x) => x.deliveredTo === 'tina@tls.test' });
+    assert.equal(m?.tls, true);
+    assert.equal(m?.protocol, 'ESMTPS');
+    assert.equal(m?.receivedBy, 'mx.tls.test');
   });
 
   test('smtp-sink counts what smtp-source sends', T, async () => {

@@ -124,10 +124,14 @@ export interface PostfixHandle {
    * unless `listener` (an address) is given. */
   setClientReply(clientIp: string, reply: string, opts?: { listener?: string }): Promise<void>;
   clearClientReply(clientIp: string, opts?: { listener?: string }): Promise<void>;
-  /** Takes a listener down (connections refused). Sessions in progress are cut unless dropSessions: false. */
-  stopListener(address: string, opts?: { dropSessions?: boolean }): Promise<void>;
+  /** Takes a listener down: connections are refused and sessions in progress are cut (master
+   * ends the processes of a service removed on reload, as a host going down would). */
+  stopListener(address: string): Promise<void>;
   startListener(address: string): Promise<void>;
-  /** `postfix reload`, then waits until idle smtpd processes of the old configuration are gone. */
+  /** `postfix reload`, then waits until idle smtpd processes of the old configuration are gone.
+   * A reload restarts anvil too: every rate counter starts a new window and connection counts
+   * forget the sessions already open. setClientReply, clearClientReply, stopListener and
+   * startListener all reload. */
   reload(): Promise<void>;
   /** The maillog so far. */
   log(): Promise<string>;
@@ -548,7 +552,7 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
       }
       await reload();
     },
-    async stopListener(address, o = {}) {
+    async stopListener(address) {
       const ls = findListener(address, 'stopListener address');
       for (const l of ls) l.up = false;
       await writeMasterCf();
@@ -557,17 +561,15 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
         component: COMPONENT,
         log: logPath,
       });
-      if (o.dropSessions !== false) {
-        // A host that goes down takes its sessions with it: end the smtpd processes serving them.
-        const inodes = new Set<string>();
-        for (const l of ls) for (const i of establishedInodes(l.spec.address, l.port)) inodes.add(i);
-        for (const pid of smtpdPids()) {
-          if ([...socketInodesOf(pid)].some((i) => inodes.has(i))) {
-            try {
-              process.kill(pid, 'SIGKILL');
-            } catch {
-              /* gone */
-            }
+      // master ends the removed service's processes itself; make sure none still holds a session
+      const inodes = new Set<string>();
+      for (const l of ls) for (const i of establishedInodes(l.spec.address, l.port)) inodes.add(i);
+      for (const pid of smtpdPids()) {
+        if ([...socketInodesOf(pid)].some((i) => inodes.has(i))) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            /* gone */
           }
         }
       }

@@ -7,7 +7,7 @@
 
 import { spawn } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { execFile } from 'node:child_process';
@@ -54,19 +54,43 @@ async function resolveBinaries(): Promise<PrometheusBinaries> {
   const dest = join(tools, `prometheus-${wanted}`);
   const bins = { prometheus: join(dest, 'prometheus'), promtool: join(dest, 'promtool'), version: wanted };
   if (existsSync(bins.prometheus) && existsSync(bins.promtool)) return bins;
-  // Prometheus 3 is v0.3xx.y in Go module terms (its tags v3.x.y are not Go-module versions).
+  // The module is tagged v0.MINOR.PATCH for 2.x and v0.3MM.PATCH for 3.x (its vX.Y.Z tags are not
+  // Go-module versions, the module path having no /vN suffix).
   const [maj, min, patch] = wanted.split('.').map(Number) as [number, number, number];
-  const modVersion = maj >= 3 ? `v0.${maj * 100 + min}.${patch}` : `v${wanted}`;
-  const tmp = `${dest}.tmp-${process.pid}`;
-  await mkdir(tmp, { recursive: true });
-  const env = { ...process.env, GOBIN: tmp, CGO_ENABLED: '0', GOFLAGS: '-trimpath' };
-  for (const cmd of ['prometheus', 'promtool']) {
-    // Without the builtinassets tag the web UI is not embedded (it needs an npm build); the HTTP
-    // API, which is all tests use, is complete.
-    await run(COMPONENT, 'go', ['install', `github.com/prometheus/prometheus/cmd/${cmd}@${modVersion}`], { env, timeoutMs: 3_600_000 });
+  if (maj !== 2 && maj !== 3) throw new PeerError(COMPONENT, `MAILFLEET_PROMETHEUS_VERSION ${wanted}: only 2.x and 3.x are known`);
+  const modVersion = maj === 3 ? `v0.${300 + min}.${patch}` : `v0.${min}.${patch}`;
+  // One build at a time across test processes: a lock directory beside the cache entry.
+  await mkdir(tools, { recursive: true });
+  const lock = `${dest}.lock`;
+  const deadline = Date.now() + 3_600_000;
+  for (;;) {
+    try {
+      await mkdir(lock);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const age = Date.now() - (await stat(lock).then((s) => s.mtimeMs, () => Date.now()));
+      if (age > 2 * 3_600_000) await rm(lock, { recursive: true, force: true }); // left by a killed build
+      if (Date.now() > deadline) throw new PeerError(COMPONENT, `waited an hour for another build of Prometheus ${wanted} (lock ${lock})`);
+      await new Promise((r) => setTimeout(r, 2000));
+    }
   }
-  await rm(dest, { recursive: true, force: true });
-  await rename(tmp, dest);
+  try {
+    if (existsSync(bins.prometheus) && existsSync(bins.promtool)) return bins; // built meanwhile
+    const tmp = `${dest}.tmp-${process.pid}`;
+    await rm(tmp, { recursive: true, force: true });
+    await mkdir(tmp, { recursive: true });
+    const env = { ...process.env, GOBIN: tmp, CGO_ENABLED: '0', GOFLAGS: '-trimpath' };
+    for (const cmd of ['prometheus', 'promtool']) {
+      // Without the builtinassets tag the web UI is not embedded (it needs an npm build); the
+      // HTTP API, which is all tests use, is complete.
+      await run(COMPONENT, 'go', ['install', `github.com/prometheus/prometheus/cmd/${cmd}@${modVersion}`], { env, timeoutMs: 3_600_000 });
+    }
+    await rm(dest, { recursive: true, force: true });
+    await rename(tmp, dest);
+  } finally {
+    await rm(lock, { recursive: true, force: true });
+  }
   return bins;
 }
 
