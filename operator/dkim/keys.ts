@@ -1,0 +1,111 @@
+// DKIM keys with node:crypto: PKCS#8 PEM private keys and the p= value of their DNS record.
+// Private keys never leave this module except into Secrets (never logs, status or NATS).
+import { createPublicKey, generateKeyPair } from "node:crypto";
+import type { DkimKeyType } from "../../api/v1alpha1/index.ts";
+
+export type DkimKey = { keyType: DkimKeyType; privatePem: string; publicKey: string };
+
+/** Secret data keys of one DKIM key (the same shape as a user's own key Secret). */
+export const SECRET_KEYS: Record<DkimKeyType, { pem: string; selector: string }> = {
+  RSA2048: { pem: "rsa.pem", selector: "rsa.selector" },
+  Ed25519: { pem: "ed25519.pem", selector: "ed25519.selector" },
+};
+
+// The fixed 12-byte SubjectPublicKeyInfo header of an Ed25519 key (RFC 8410); RFC 8463 publishes
+// the bare 32-byte key after it.
+const ED25519_SPKI_PREFIX = Buffer.from("302a300506032b6570032100", "hex");
+
+/** The p= value: base64 SubjectPublicKeyInfo for RSA (RFC 6376), the raw key for Ed25519 (RFC 8463). */
+export function dkimPublicValue(spkiDer: Buffer, keyType: DkimKeyType): string {
+  if (keyType === "Ed25519") {
+    if (spkiDer.length !== 44 || !spkiDer.subarray(0, 12).equals(ED25519_SPKI_PREFIX)) throw new Error("not an Ed25519 public key");
+    return spkiDer.subarray(12).toString("base64");
+  }
+  return spkiDer.toString("base64");
+}
+
+/** Key type and p= value of a PEM private key; throws a message fit for a condition. */
+export function publicFromPrivate(pem: string): { keyType: DkimKeyType; publicKey: string } {
+  let key;
+  try {
+    key = createPublicKey(pem);
+  } catch {
+    throw new Error("is not a PEM private key");
+  }
+  const type = key.asymmetricKeyType;
+  const der = key.export({ type: "spki", format: "der" });
+  if (type === "ed25519") return { keyType: "Ed25519", publicKey: dkimPublicValue(der, "Ed25519") };
+  if (type === "rsa") {
+    const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+    if (bits < 1024) throw new Error(`is an RSA key of ${bits} bits; receivers need at least 1024 (2048 recommended)`);
+    return { keyType: "RSA2048", publicKey: dkimPublicValue(der, "RSA2048") };
+  }
+  throw new Error(`is a ${type} key; DKIM signs with RSA or Ed25519`);
+}
+
+function generate(keyType: DkimKeyType): Promise<DkimKey> {
+  return new Promise((resolve, reject) => {
+    const cb = (err: Error | null, publicKey: Buffer, privateKey: string) => {
+      if (err) return reject(err);
+      resolve({ keyType, privatePem: privateKey, publicKey: dkimPublicValue(publicKey, keyType) });
+    };
+    const enc = { publicKeyEncoding: { type: "spki", format: "der" }, privateKeyEncoding: { type: "pkcs8", format: "pem" } } as const;
+    if (keyType === "Ed25519") generateKeyPair("ed25519", enc, cb);
+    else generateKeyPair("rsa", { modulusLength: 2048, ...enc }, cb);
+  });
+}
+
+/**
+ * Generates keys in the background, a few at a time: an RSA-2048 key takes 100-200 ms of CPU, so a
+ * thousand new domains would otherwise hold every reconcile worker for minutes. A reconcile asks
+ * for a key, gets "pending", and is enqueued again when the key is ready.
+ */
+export class KeyFactory {
+  private readonly results = new Map<string, DkimKey | Error>();
+  private readonly pending = new Map<string, { keyType: DkimKeyType; onReady: () => void }>();
+  private readonly order: string[] = [];
+  private running = 0;
+  readonly concurrency: number;
+
+  constructor(concurrency = 2) {
+    this.concurrency = concurrency;
+  }
+
+  /** The key for id (e.g. the Secret's namespace/name) if it is ready; else starts or continues making it. */
+  take(id: string, keyType: DkimKeyType, onReady: () => void): DkimKey | "pending" | Error {
+    const done = this.results.get(id);
+    if (done) return done;
+    if (!this.pending.has(id)) {
+      this.pending.set(id, { keyType, onReady });
+      this.order.push(id);
+      this.pump();
+    }
+    return "pending";
+  }
+
+  /** Forget a key once it is stored (or no longer wanted). */
+  release(id: string): void {
+    this.results.delete(id);
+  }
+
+  queued(): number {
+    return this.pending.size;
+  }
+
+  private pump(): void {
+    while (this.running < this.concurrency && this.order.length) {
+      const id = this.order.shift()!;
+      const job = this.pending.get(id);
+      if (!job) continue;
+      this.running++;
+      generate(job.keyType)
+        .then((k) => this.results.set(id, k), (e: Error) => this.results.set(id, e))
+        .finally(() => {
+          this.running--;
+          this.pending.delete(id);
+          job.onReady();
+          this.pump();
+        });
+    }
+  }
+}
