@@ -15,8 +15,9 @@ const usage = `usage: mailfleet classify [--dsn FILE]
   "protocol-error" (rule "not-a-reply").
 
   --dsn FILE   classify each failed or delayed recipient of an RFC 3464 delivery status
-               notification instead; one JSON line per recipient, with "recipient" and
-               "permanent" (Action: failed) first. FILE "-" reads the DSN from stdin.
+               notification instead: one JSON line per recipient, "class", "permanent"
+               (Action: failed) and "recipient" first, then action, status, diagnosticCode,
+               remoteMta, originalEnvelopeId, verp. FILE "-" reads the DSN from stdin.
 
   classes: invalid-recipient inactive-mailbox mailbox-full bad-domain rate-limited
            reputation-block auth-failure spam-content policy message-too-large greylisted

@@ -23,8 +23,13 @@ function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
+// Replies are at most a few lines of 512 octets (RFC 5321 §4.5.3.1.5); anything past this is not
+// read, which bounds the matching cost of hostile or runaway input.
+const MAX_INPUT = 8192;
+
 export function parseReply(input: string): ParsedReply {
   const full = String(input ?? "")
+    .slice(0, MAX_INPUT)
     .replace(/[\r\n\t\f\v]+/g, " ")
     .replace(/ {2,}/g, " ")
     .trim();

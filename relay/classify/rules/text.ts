@@ -1,8 +1,8 @@
 // Generic text rules: phrases whose meaning does not depend on who sent them. Ordered so that the
 // cause wins over the symptom when a reply mentions both (see rules/index.ts for the full order):
-//   greylisting > authentication > TLS > reputation/blocklists > spam content > rate limits >
-//   mailbox full > size > inactive > sender policy > bad domain > unknown recipient >
-//   routing > relay/policy > protocol > temporary conditions.
+//   greylisting > message format > authentication > TLS > reputation/blocklists > spam content >
+//   rate limits > mailbox full > size > inactive > sender policy > bad domain >
+//   unknown recipient > routing > relay/policy > protocol > temporary conditions.
 // e.g. Gmail "421 4.7.26 ... rate limited because it is unauthenticated" is auth-failure, not
 // rate-limited; "451 4.7.650 ... rate limited due to IP reputation" is reputation-block;
 // "554 5.7.1 Client host blocked using zen.spamhaus.org" is reputation-block, not spam-content.
@@ -34,8 +34,8 @@ export const TEXT_RULES: readonly Rule[] = [
     text: [/^(?:<[^>]*>:?\s*)?(?:recipient address rejected:\s*)?(?:please\s+)?(?:try|retry)(?:\s+again)?\s+later[.!]?(?:\s*\(\w+\))?$/i],
   },
 
-  // --- message format (RFC 5322 violations); before authentication ("Duplicate header
-  // 'DKIM-Signature'") and spam (Gmail adds "to reduce the amount of spam sent to Gmail") ---------------------------------------------------------
+  // --- message format (RFC 5322 violations): before authentication ("Duplicate header
+  // 'DKIM-Signature'") and spam (Gmail adds "to reduce the amount of spam sent to Gmail") ---
   {
     id: "message-format",
     class: "protocol-error",
@@ -90,7 +90,7 @@ export const TEXT_RULES: readonly Rule[] = [
     id: "reputation",
     class: "reputation-block",
     text: [
-      /reputation|sender ?score|spamhaus|spamcop|\bsorbs\b|barracuda|cloudmark|abuseat|\bcbl\b|\bpsbl\b|uceprotect|mailspike|ivmsip|\bsurbl\b|\buribl\b|\bdnsbl\b|\brbl\b|\bdbl\b|black ?list(?:ed)?|block ?list(?:ed|ing)?|blocked using (?!spam pattern)|listed (?:at|on|in|by)|is listed|on our (?:block|black) ?list|banned (?:ip|sending|sender|network|host)|\b(?:ip|host|network|server)\b(?: address)?[^.;]{0,30}?\b(?:has been|is|was|are|been)\s+(?:\w+\s+)?(?:blocked|banned|blacklisted|blocklisted)|\d{1,3}(?:\.\d{1,3}){3}\]?\)? (?:has been|is|was) (?:\w+ )?(?:blocked|banned|blacklisted|blocklisted)|\b(?:ip|host|network|server)(?: address)? \S+ (?:blocked|banned|blacklisted|blocklisted)\b|(?:dynamic|residential|dial-?up|dsl|cable) ip|dynamic(?:ally assigned)? (?:ip|address|range)|hosts with dynamic ip|generic (?:dns|ptr|hostname)|open (?:proxy|relay) (?:detected|listed)|rejecting open proxy|poor reputation|bad reputation|invalid ip for sending|user complaints|too many complaints|complaint rate/i,
+      /reputation|sender ?score|spamhaus|spamcop|\bsorbs\b|barracuda|cloudmark|abuseat|\bcbl\b|\bpsbl\b|uceprotect|mailspike|ivmsip|\bsurbl\b|\buribl\b|\bdnsbl\b|\brbl\b|\bdbl\b|black ?list(?:ed)?|block ?list(?:ed|ing)?|blocked using (?!spam pattern)|listed (?:at|on|in|by)|is listed|on our (?:block|black) ?list|banned (?:ip|sending|sender|network|host)|\b(?:ip|host|network|server)\b(?: address)?[^.;]{0,30}?\b(?:has been|is|was|are|been)\s+(?:\w+\s+)?(?:blocked|banned|blacklisted|blocklisted)|\d{1,3}(?:\.\d{1,3}){3}\]?\)? (?:has been|is|was) (?:\w+ )?(?:blocked|banned|blacklisted|blocklisted)|\b(?:ip|host|network|server)(?: address)? \S+ (?:blocked|banned|blacklisted|blocklisted)\b|(?:dynamic|residential|dial-?up|dsl|cable) ip|dynamic(?:ally assigned)? (?:ip|address|range)|hosts with dynamic ip|generic (?:dns|ptr|hostname)|open (?:proxy|relay) (?:detected|listed)|rejecting open proxy|poor reputation|bad reputation|invalid ip for sending|client host (?:\[[^\]]*\] )?rejected: access denied|user complaints|too many complaints|complaint rate/i,
     ],
     unless: [/\burl\b|\blinks?\b|in (?:the |your )?message body|contained in the message|directory|allow ?list|white ?list|allowed senders/i],
   },
