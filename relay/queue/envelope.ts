@@ -50,6 +50,16 @@ export const envelope = z.object({
   }).loose().optional(),
   /** Pool id this part overflowed from (warm-up quota spent there). */
   overflowFrom: z.string().optional(),
+  /**
+   * Part 0 only: recipient domains an earlier route step already published parts for (the others
+   * failed DNS and wait for another try). Added by delivery; optional, so older relays ignore it.
+   */
+  routed: z.array(z.string()).optional(),
+  /**
+   * How many parts the message was split into, when one route step made them all (so a final
+   * outcome of the only part may delete the body). Absent: unknown. Added by delivery; optional.
+   */
+  parts: z.number().int().min(1).optional(),
 }).loose();
 export type Envelope = z.infer<typeof envelope>;
 
