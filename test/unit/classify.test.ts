@@ -266,6 +266,8 @@ const MTAS: Row[] = [
   ["550 5.1.1 Address rejected kijitora@example.co.jp", "invalid-recipient"],
   ["511 sorry, no mailbox here by that name (#5.1.1)", "invalid-recipient"],
   ["550 No Such User Here", "invalid-recipient"],
+  ["553 Requested action not taken: mailbox name not allowed", "invalid-recipient"],
+  ["553 sorry, no mail-box here by that name. (#5.1.1)", "invalid-recipient"],
   ["550 5.7.1 <someone@example.org>: Recipient address rejected: Access denied", "invalid-recipient"],
   ["556 Invalid account. Tenant or Domain not found", "invalid-recipient"],
   ["450 4.1.8 <bounce@example.org>: Sender address rejected: Domain not found", "policy"],
