@@ -10,6 +10,8 @@ import { ensureStreams, serverFeatures } from "./queue/streams.ts";
 import { systemClock, type Clock, type Component, type RelayContext } from "./runtime/context.ts";
 import { createLogger, type Logger } from "./runtime/logger.ts";
 import { connectNats } from "./runtime/nats.ts";
+import { RouteStage } from "./routing/stage.ts";
+import { Delivery } from "./delivery/service.ts";
 
 /**
  * The relay's components, started in this order and stopped in reverse. Acceptance comes before
@@ -18,6 +20,9 @@ import { connectNats } from "./runtime/nats.ts";
 export function components(): Component[] {
   return [
     new PlanWatcher(),
+    // Delivery side (relay/DELIVERY.md): route stage, lane scheduler.
+    new RouteStage(),
+    new Delivery(),
   ];
 }
 

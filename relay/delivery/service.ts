@@ -1,0 +1,367 @@
+// The lane scheduler: delivery from the ready queues of this relay's pool.
+//
+// One loop per provider. A loop fetches from the provider's ready queue (`mf.q.<pool>.ready.<p>`,
+// a durable consumer shared by the pool's relays) only as many envelopes as this relay's lanes for
+// that provider can send right now: each fetched envelope is matched beforehand with a send slot
+// from the lane limiter and a free connection of a lane. So mail held for a provider (quota spent,
+// suspended, rate reached) stays in the stream, is never delivered to a relay that would only
+// hand it back, and never blocks another provider's loop. The source address is picked when
+// sending, among the lanes this relay owns, so mail never waits for one particular address.
+//
+// Drain (SIGTERM): loops stop fetching; transactions in flight finish and record their outcome;
+// envelopes fetched but not yet started go back to the stream at once (nak); sessions close.
+import { networkInterfaces, hostname } from "node:os";
+import type { Consumer, JsMsg } from "@nats-io/jetstream";
+import type { PoolPlan } from "../../api/plan.ts";
+import type { Component, RelayContext } from "../runtime/context.ts";
+import type { Logger } from "../runtime/logger.ts";
+import type { PlanIndex } from "../plan/index.ts";
+import { decodeEnvelope, type Envelope } from "../queue/envelope.ts";
+import { consumers, STREAM_QUEUE, subjects } from "../queue/topology.ts";
+import { routerFor, type Router } from "../routing/router.ts";
+import { LocalLaneLimiter } from "../shaper/local.ts";
+import { laneId, type LaneLimiter, type LaneRef } from "../shaper/types.ts";
+import { ACK_WAIT_MS, ensureQueueConsumer } from "./consumers.ts";
+import { attemptPart, type RcptResult } from "./attempt.ts";
+import { BodyNotFound, BodyStore } from "./body.ts";
+import { deliveryMetrics, type DeliveryMetrics } from "./metrics.ts";
+import { Outcomes, type Suppressor } from "./outcomes.ts";
+import { NoConnectionSlot, SessionPool } from "./smtp.ts";
+
+export interface DeliveryOptions {
+  /** The lane limiter (default: per relay, relay/shaper/local.ts). */
+  limiter?: LaneLimiter | ((ctx: RelayContext) => LaneLimiter);
+  suppressor?: Suppressor | ((ctx: RelayContext) => Suppressor | undefined);
+  router?: Router;
+  /** Extra trust anchors for verified TLS (MTA-STS) in tests. */
+  ca?: string[];
+  /** Envelopes asked for per fetch and lane at most. Default 16. */
+  batch?: number;
+  idleMs?: number;
+  ackWaitMs?: number;
+  connectTimeoutMs?: number;
+}
+
+/** The pool addresses this relay sends from (section 5 of the architecture). */
+export function ownedAddresses(pool: PoolPlan, configured: string[], nodeName: string, local: Set<string> = localAddresses()): Set<string> {
+  if (configured.length) return new Set(configured);
+  return new Set(pool.addresses.filter((a) => (nodeName && a.nodeName === nodeName) || local.has(a.address)).map((a) => a.address));
+}
+
+function localAddresses(): Set<string> {
+  const out = new Set<string>();
+  for (const list of Object.values(networkInterfaces())) for (const i of list ?? []) out.add(i.address);
+  return out;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)).unref());
+
+class Signal {
+  #waiters: (() => void)[] = [];
+  wait(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, Math.max(0, ms));
+      t.unref();
+      const self = this;
+      function done() {
+        clearTimeout(t);
+        const i = self.#waiters.indexOf(done);
+        if (i >= 0) self.#waiters.splice(i, 1);
+        resolve();
+      }
+      this.#waiters.push(done);
+    });
+  }
+  fire(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+}
+
+interface ProviderLoop {
+  provider: string;
+  stopped: boolean;
+  wake: Signal;
+  done: Promise<void>;
+  fetch?: { stop(): void };
+}
+
+export class Delivery implements Component {
+  readonly name = "delivery";
+  readonly #o: DeliveryOptions;
+  #ctx!: RelayContext;
+  #log!: Logger;
+  #metrics!: DeliveryMetrics;
+  #limiter!: LaneLimiter;
+  #router!: Router;
+  #sessions!: SessionPool;
+  #bodies!: BodyStore;
+  #outcomes!: Outcomes;
+  #loops = new Map<string, ProviderLoop>();
+  #busy = new Map<string, number>();
+  #inflight = new Set<Promise<void>>();
+  #owned = new Set<string>();
+  #helo = new Map<string, string>();
+  #stopping = false;
+  #onPlan = (p: PlanIndex) => this.#apply(p);
+
+  constructor(o: DeliveryOptions = {}) {
+    this.#o = o;
+  }
+
+  get limiter(): LaneLimiter {
+    return this.#limiter;
+  }
+
+  async start(ctx: RelayContext): Promise<void> {
+    this.#ctx = ctx;
+    this.#log = ctx.log.child("delivery");
+    this.#metrics = deliveryMetrics(ctx.registry);
+    const pool = ctx.config.MAILFLEET_POOL;
+    this.#limiter =
+      typeof this.#o.limiter === "function"
+        ? this.#o.limiter(ctx)
+        : (this.#o.limiter ??
+          new LocalLaneLimiter({
+            onRule: (a) => {
+              this.#metrics.ruleActivations.inc({ pool: a.lane.pool, source_ip: a.lane.address, provider: a.lane.provider, rule: a.rule.name, action: a.rule.action });
+              this.#log.info("response rule fired", { lane: laneId(a.lane), rule: a.rule.name, action: a.rule.action, reply: a.reply.slice(0, 200) });
+              for (const l of this.#loops.values()) l.wake.fire();
+            },
+          }));
+    this.#router = this.#o.router ?? routerFor(ctx, this.#o.ca ? { ca: this.#o.ca } : {});
+    this.#sessions = new SessionPool({
+      limiter: this.#limiter,
+      idleMs: this.#o.idleMs ?? 5000,
+      onOpen: (lane, open) => this.#metrics.connections.set({ pool: lane.pool, source_ip: lane.address, provider: lane.provider }, open),
+    });
+    this.#bodies = new BodyStore(ctx.jsm, ctx.large);
+    const suppressor = typeof this.#o.suppressor === "function" ? this.#o.suppressor(ctx) : this.#o.suppressor;
+    this.#outcomes = new Outcomes({
+      js: ctx.js,
+      bodies: this.#bodies,
+      pool,
+      plan: () => ctx.plan(),
+      ...(suppressor ? { suppressor } : {}),
+      metrics: this.#metrics,
+      log: this.#log,
+      now: () => ctx.clock.now(),
+      reportingMta: hostname(),
+    });
+    if (!ctx.features.msgSchedules) {
+      this.#log.error("nats-server has no message schedules (needs 2.12 or newer): deferred mail cannot be rescheduled", { version: ctx.features.version });
+    }
+    ctx.planHolder.on("change", this.#onPlan);
+    const current = ctx.plan();
+    if (current) this.#apply(current);
+  }
+
+  /** A new plan: lanes, owned addresses, one loop per provider. */
+  #apply(p: PlanIndex): void {
+    if (this.#stopping) return;
+    this.#limiter.setPlan(p.plan);
+    const pool = p.pool;
+    const cfg = this.#ctx.config;
+    this.#owned = pool ? ownedAddresses(pool, cfg.MAILFLEET_ADDRESSES, cfg.MAILFLEET_NODE_NAME) : new Set();
+    this.#helo = new Map((pool?.addresses ?? []).map((a) => [a.address, a.hostname]));
+    for (const a of cfg.MAILFLEET_ADDRESSES) if (pool && !this.#helo.has(a)) this.#log.warn("configured address is not in the pool", { address: a });
+    const providers = new Set(p.plan.providers.map((x) => x.name));
+    for (const name of providers) if (!this.#loops.has(name)) this.#startLoop(name);
+    for (const [name, loop] of this.#loops) {
+      if (!providers.has(name)) {
+        // Mail already in its ready queue waits there (it is kept, not lost) until the provider returns.
+        loop.stopped = true;
+        loop.fetch?.stop();
+        loop.wake.fire();
+        this.#loops.delete(name);
+      } else loop.wake.fire();
+    }
+  }
+
+  #lanes(provider: string): LaneRef[] {
+    const pool = this.#ctx.plan()?.pool;
+    if (!pool) return [];
+    return pool.lanes.filter((l) => l.provider === provider && this.#owned.has(l.address)).map((l) => ({ pool: pool.id, address: l.address, provider }));
+  }
+
+  #startLoop(provider: string): void {
+    const loop: ProviderLoop = { provider, stopped: false, wake: new Signal(), done: Promise.resolve() };
+    loop.done = this.#run(loop).catch((err) => this.#log.error("delivery loop ended", { provider, error: err as Error }));
+    this.#loops.set(provider, loop);
+  }
+
+  async #run(loop: ProviderLoop): Promise<void> {
+    const pool = this.#ctx.config.MAILFLEET_POOL;
+    const durable = consumers.ready(pool, loop.provider);
+    let consumer: Consumer | undefined;
+    let rotate = 0;
+    while (!loop.stopped && !this.#stopping) {
+      if (!consumer) {
+        try {
+          await ensureQueueConsumer(this.#ctx.jsm, durable, subjects.ready(pool, loop.provider), this.#o.ackWaitMs ?? ACK_WAIT_MS);
+          consumer = await this.#ctx.js.consumers.get(STREAM_QUEUE, durable);
+        } catch (err) {
+          this.#log.warn("ready consumer unavailable", { provider: loop.provider, error: err as Error });
+          await loop.wake.wait(2000);
+          continue;
+        }
+      }
+      // What this relay can send now: per lane, free connections x granted send slots.
+      const lanes = this.#lanes(loop.provider);
+      const now = this.#ctx.clock.now();
+      let wait = 5000;
+      const grants: { lane: LaneRef; slots: number[] }[] = [];
+      const order = lanes.map((_, i) => lanes[(i + rotate) % lanes.length]!);
+      rotate++;
+      for (const lane of order) {
+        const v = this.#limiter.view(lane);
+        if (!v.sendable) {
+          if (v.until) wait = Math.min(wait, v.until - now);
+          continue;
+        }
+        const free = v.maxConnections - (this.#busy.get(laneId(lane)) ?? 0);
+        if (free <= 0) continue;
+        const g = await this.#limiter.acquire(lane, Math.min(free, this.#o.batch ?? 16));
+        if (g.slots.length) grants.push({ lane, slots: g.slots });
+        else wait = Math.min(wait, g.retryAt - now);
+      }
+      const total = grants.reduce((n, g) => n + g.slots.length, 0);
+      if (!total) {
+        await loop.wake.wait(Math.min(5000, Math.max(20, wait)));
+        continue;
+      }
+      // Earliest slots first, whichever lane they belong to.
+      const queue = grants.flatMap((g) => g.slots.map((slot) => ({ lane: g.lane, slot }))).sort((a, b) => a.slot - b.slot);
+      let used = 0;
+      try {
+        const iter = await consumer.fetch({ max_messages: total, expires: 2000 });
+        loop.fetch = iter;
+        for await (const m of iter) {
+          const next = queue[used++];
+          if (!next || loop.stopped || this.#stopping) {
+            m.nak();
+            continue;
+          }
+          this.#dispatch(m, next.lane, next.slot);
+        }
+      } catch (err) {
+        if (!loop.stopped && !this.#stopping) {
+          this.#log.warn("ready fetch failed", { provider: loop.provider, error: err as Error });
+          consumer = undefined;
+          await loop.wake.wait(1000);
+        }
+      } finally {
+        loop.fetch = undefined;
+        // Slots nobody used go back to the limiter (quota and, when they were last, the rate).
+        const unused = new Map<string, { lane: LaneRef; slots: number[] }>();
+        for (const q of queue.slice(used)) {
+          const u = unused.get(laneId(q.lane)) ?? { lane: q.lane, slots: [] };
+          u.slots.push(q.slot);
+          unused.set(laneId(q.lane), u);
+        }
+        for (const u of unused.values()) this.#limiter.release(u.lane, u.slots);
+      }
+    }
+  }
+
+  #dispatch(m: JsMsg, lane: LaneRef, slot: number): void {
+    const id = laneId(lane);
+    this.#busy.set(id, (this.#busy.get(id) ?? 0) + 1);
+    const p = this.#deliver(m, lane, slot)
+      .catch((err) => this.#log.error("delivery failed unexpectedly", { error: err as Error }))
+      .finally(() => {
+        this.#busy.set(id, (this.#busy.get(id) ?? 1) - 1);
+        this.#inflight.delete(p);
+        this.#loops.get(lane.provider)?.wake.fire();
+      });
+    this.#inflight.add(p);
+  }
+
+  async #deliver(m: JsMsg, lane: LaneRef, slot: number): Promise<void> {
+    const ackWait = this.#o.ackWaitMs ?? ACK_WAIT_MS;
+    const keepalive = setInterval(() => m.working(), Math.max(1000, ackWait / 3));
+    try {
+      const wait = slot - this.#ctx.clock.now();
+      if (wait > 0) await sleep(wait);
+      if (this.#stopping) {
+        // Not started: back to the stream now, for another relay or after restart.
+        m.nak();
+        return;
+      }
+      let env: Envelope;
+      try {
+        env = decodeEnvelope(m.data);
+      } catch (err) {
+        this.#log.error("ready: undecodable envelope terminated", { seq: m.seq, error: err as Error });
+        m.term();
+        return;
+      }
+      const plan = this.#ctx.plan();
+      const provider = plan?.providers.get(lane.provider);
+      const laneInfo = { source: lane.address, provider: lane.provider };
+      const policy = plan?.plan.delivery;
+      if (policy && this.#ctx.clock.now() >= env.acceptedAt + policy.expiryMs) {
+        // Held past its expiry (lanes closed for a long time): bounce without another try.
+        const c = env.lastClass ?? "transient";
+        const reply = env.lastReply ?? "451 4.4.7 Message expired in the queue";
+        const rcpts: RcptResult[] = env.rcpts.map((r) => ({ rcpt: r, reply, code: reply.slice(0, 3), class: c as RcptResult["class"], permanent: false }));
+        await this.#outcomes.record({ ...env, attempts: Math.max(0, env.attempts - 1) }, rcpts, laneInfo);
+        await m.ackAck();
+        return;
+      }
+      let body: Buffer;
+      try {
+        body = await this.#bodies.get(env.body);
+      } catch (err) {
+        if (!(err instanceof BodyNotFound)) throw err;
+        const reply = "554 5.3.0 The message body is no longer stored";
+        const rcpts: RcptResult[] = env.rcpts.map((r) => ({ rcpt: r, reply, code: "554", enhanced: "5.3.0", class: "other", permanent: true }));
+        this.#log.error("body missing; bouncing", { qid: env.id, part: env.part });
+        await this.#outcomes.record(env, rcpts, laneInfo);
+        await m.ackAck();
+        return;
+      }
+      const result = await attemptPart(
+        { env, lane, helo: this.#helo.get(lane.address) ?? hostname(), provider, body },
+        {
+          resolver: this.#router.resolver,
+          mtaSts: this.#router.mtaSts,
+          pool: this.#sessions,
+          limiter: this.#limiter,
+          port: this.#ctx.config.MAILFLEET_DELIVERY_PORT,
+          ...(this.#o.ca ? { ca: this.#o.ca } : {}),
+          ...(this.#o.connectTimeoutMs ? { connectTimeoutMs: this.#o.connectTimeoutMs } : {}),
+        },
+      );
+      const d = await this.#outcomes.record(env, result.rcpts, { ...laneInfo, ...(result.mx ? { mx: result.mx } : {}), ...(result.tls !== undefined ? { tls: result.tls } : {}) });
+      await m.ackAck();
+      this.#log.debug("attempt", { qid: env.id, part: env.part, lane: laneId(lane), mx: result.mx, delivered: d.delivered.length, deferred: d.deferred.length, bounced: d.bounced.length + d.expired.length });
+    } catch (err) {
+      if (err instanceof NoConnectionSlot) {
+        m.nak(1000);
+        return;
+      }
+      this.#log.warn("attempt not recorded; the envelope goes back to the queue", { error: err as Error });
+      m.nak(5000);
+    } finally {
+      clearInterval(keepalive);
+    }
+  }
+
+  quiesce(): void {
+    this.#stopping = true;
+    this.#ctx?.planHolder.off("change", this.#onPlan);
+    for (const l of this.#loops.values()) {
+      l.stopped = true;
+      l.fetch?.stop();
+      l.wake.fire();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.quiesce();
+    await Promise.allSettled([...this.#loops.values()].map((l) => l.done));
+    await Promise.allSettled([...this.#inflight]);
+    this.#sessions?.closeAll();
+    await this.#limiter?.close();
+  }
+}
