@@ -96,6 +96,11 @@ function withParts(r: SplitResult, env: Envelope): SplitResult {
 
 const routers = new WeakMap<object, Router>();
 
+/** Makes `router` the relay's router (tests that need their own trust anchors or TTLs). */
+export function useRouter(ctx: Pick<RelayContext, "config">, router: Router): void {
+  routers.set(ctx.config, router);
+}
+
 /** The relay's router (one per context: the cache is shared by acceptance and the route stage). */
 export function routerFor(ctx: Pick<RelayContext, "config">, opts: { ca?: string[]; minTtlMs?: number; mtaStsPort?: number } = {}): Router {
   let r = routers.get(ctx.config);

@@ -1,0 +1,334 @@
+// The delivery side against real components: nats-server, dnsmasq serving the test zones, Postfix
+// instances as provider MX hosts (real anvil limits and cidr client replies), an HTTPS server for
+// MTA-STS policies and python3-dkim on the receiving side. Envelopes and bodies are put into NATS
+// the way acceptance stores them.
+//
+// Addresses: relay sources 127.0.31.1-2, MX hosts 127.0.30.x, DNS 127.0.53.30, policy 127.0.30.20.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServer, type Server } from "node:https";
+import { generateKeyPairSync } from "node:crypto";
+import { dkimSign } from "mailauth/lib/dkim/sign.js";
+import { startNats, type Nats } from "../env/nats.ts";
+import { startDns, type DnsHandle, type DnsRecord } from "../env/peers/dns.ts";
+import { startPostfix, type PostfixHandle, type DeliveredMessage } from "../env/peers/postfix.ts";
+import { verifyDkim } from "../env/peers/dkim-verify.ts";
+import { createCA, issueCert } from "../env/pki.ts";
+import { loadRelayConfig } from "../../relay/config.ts";
+import { startRelay, type Relay } from "../../relay/main.ts";
+import { PlanWatcher } from "../../relay/plan/watcher.ts";
+import { RouteStage } from "../../relay/routing/stage.ts";
+import { Delivery } from "../../relay/delivery/service.ts";
+import { Router, useRouter } from "../../relay/routing/router.ts";
+import { createLogger } from "../../relay/runtime/logger.ts";
+import { classifyDsn } from "../../relay/classify/index.ts";
+import type { Plan } from "../../api/plan.ts";
+import { eventLog, makePlan, message, publishPlan, submit, until, POOL, type PlanSpec } from "./delivery-harness.ts";
+
+const T = { timeout: 300_000 };
+const OUT1 = { address: "127.0.31.1", hostname: "out1.sender.test" };
+const OUT2 = { address: "127.0.31.2", hostname: "out2.sender.test" };
+
+let base: string;
+let nats: Nats;
+let dns: DnsHandle;
+let pf: PostfixHandle;
+let limited: PostfixHandle;
+let relay: Relay;
+let policyServer: Server;
+let events: Awaited<ReturnType<typeof eventLog>>;
+let plan: Plan;
+
+const dkimKey = generateKeyPairSync("rsa", { modulusLength: 2048 });
+
+const records: DnsRecord[] = [
+  // Two company domains on one provider's MX suffix (MX rollup), and the provider's own domain.
+  { type: "MX", name: "acme.test", value: "mx1.gprov.test", priority: 10 },
+  { type: "MX", name: "globex.test", value: "mx1.gprov.test", priority: 5 },
+  { type: "MX", name: "globex.test", value: "backup.secondary.test", priority: 50 },
+  { type: "A", name: "mx1.gprov.test", value: "127.0.30.1" },
+  { type: "A", name: "backup.secondary.test", value: "127.0.30.2" },
+  { type: "MX", name: "other.test", value: "mx.other.test" },
+  { type: "MX", name: "sender.test", value: "mx.other.test" },
+  { type: "A", name: "mx.other.test", value: "127.0.30.2" },
+  { type: "MX", name: "tls-req.test", value: "mx.tls.test" },
+  { type: "A", name: "mx.tls.test", value: "127.0.30.3" },
+  { type: "MX", name: "opp.test", value: "mx.opp.test" },
+  { type: "A", name: "mx.opp.test", value: "127.0.30.4" },
+  // MTA-STS: sts.test enforces and its MX offers TLS; sts-plain.test enforces but its MX does not.
+  { type: "MX", name: "sts.test", value: "mx.sts.test" },
+  { type: "A", name: "mx.sts.test", value: "127.0.30.5" },
+  { type: "TXT", name: "_mta-sts.sts.test", value: "v=STSv1; id=20260101" },
+  { type: "A", name: "mta-sts.sts.test", value: "127.0.30.20" },
+  { type: "MX", name: "sts-plain.test", value: "mx.plain.sts-plain.test" },
+  { type: "A", name: "mx.plain.sts-plain.test", value: "127.0.30.6" },
+  { type: "TXT", name: "_mta-sts.sts-plain.test", value: "v=STSv1; id=1" },
+  { type: "A", name: "mta-sts.sts-plain.test", value: "127.0.30.20" },
+  { type: "MX", name: "retry.test", value: "mx.retry.test" },
+  { type: "A", name: "mx.retry.test", value: "127.0.30.7" },
+  { type: "MX", name: "busy.test", value: "mx.busy.test" },
+  { type: "A", name: "mx.busy.test", value: "127.0.30.8" },
+  { type: "MX", name: "limited.test", value: "mx.limited.test" },
+  { type: "A", name: "mx.limited.test", value: "127.0.30.10" },
+  { type: "MX", name: "nullmx.test", value: "." },
+  // implicit MX: no MX record, an address
+  { type: "A", name: "implicit.test", value: "127.0.30.2" },
+  { type: "MX", name: "late.test", value: "mx.other.test" },
+  { type: "TXT", name: "s1._domainkey.sender.test", value: `v=DKIM1; k=rsa; p=${dkimKey.publicKey.export({ type: "spki", format: "der" }).toString("base64")}` },
+];
+
+const baseSpec: PlanSpec = {
+  providers: [
+    { name: "gprov", mxSuffixes: ["gprov.test"], lane: { recipientsPerMessage: 3, maxConnections: 2 } },
+    { name: "tlsprov", domains: ["tls-req.test", "notls.test"], lane: { tlsRequired: true } },
+  ],
+  addresses: [OUT1, OUT2],
+  delivery: { retryBaseMs: 1000, retryMaxMs: 3000 },
+};
+
+async function applyPlan(spec: PlanSpec): Promise<void> {
+  plan = makePlan(spec);
+  await publishPlan(relay.ctx.nc, plan);
+  await until("plan applied", () => relay.ctx.plan()?.revision === plan.revision, 30_000);
+}
+
+const to = (rcpt: string) => (m: DeliveredMessage) => m.deliveredTo === rcpt;
+
+async function delivered(handle: PostfixHandle, rcpt: string, timeoutMs = 120_000): Promise<DeliveredMessage> {
+  const [m] = await handle.waitForMessages(1, { filter: to(rcpt), timeoutMs });
+  return m!;
+}
+
+before(async () => {
+  base = await mkdtemp(join(tmpdir(), "mailfleet-delivery-"));
+  await chmod(base, 0o755);
+  nats = await startNats({ dir: join(base, "nats") });
+  dns = await startDns({ dir: join(base, "dns"), address: "127.0.53.30", records });
+  pf = await startPostfix({
+    dir: join(base, "postfix"),
+    domains: ["acme.test", "globex.test", "other.test", "sender.test", "tls-req.test", "opp.test", "sts.test", "sts-plain.test", "retry.test", "busy.test", "implicit.test", "late.test", "notls.test"],
+    listeners: [
+      {
+        address: "127.0.30.1",
+        hostname: "mx1.gprov.test",
+        rejectRecipients: [
+          { pattern: /^unknown-/, reply: "550 5.1.1 The email account that you tried to reach does not exist" },
+          { pattern: /^busy-/, reply: "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages" },
+        ],
+      },
+      { address: "127.0.30.2", hostname: "mx.other.test" },
+      { address: "127.0.30.3", hostname: "mx.tls.test", requireTls: true },
+      { address: "127.0.30.4", hostname: "mx.opp.test", tlsOffered: true },
+      { address: "127.0.30.5", hostname: "mx.sts.test", tlsOffered: true },
+      { address: "127.0.30.6", hostname: "mx.plain.sts-plain.test" },
+      { address: "127.0.30.7", hostname: "mx.retry.test" },
+      { address: "127.0.30.8", hostname: "mx.busy.test", rejectRecipients: [{ pattern: /.*/, reply: "452 4.2.2 Mailbox full, try later" }] },
+    ],
+  });
+  // Anvil limits per client: a second instance, its own time unit.
+  limited = await startPostfix({
+    dir: join(base, "postfix-limited"),
+    domains: ["limited.test"],
+    listeners: [{ address: "127.0.30.10", hostname: "mx.limited.test", limits: { messageRatePerUnit: 6, connectionCountLimit: 3, rateTimeUnit: "30s" } }],
+  });
+
+  // The MTA-STS policy host: HTTPS with a certificate from a test CA the relay is told to trust.
+  const ca = await createCA("mailfleet delivery test CA");
+  const cert = await issueCert(ca, { commonName: "mta-sts.sts.test", dnsNames: ["mta-sts.sts.test", "mta-sts.sts-plain.test"], server: true });
+  policyServer = createServer({ cert: cert.certPem, key: cert.keyPem }, (req, res) => {
+    const host = (req.headers.host ?? "").split(":")[0];
+    const mx = host === "mta-sts.sts.test" ? "mx.sts.test" : "*.sts-plain.test";
+    res.writeHead(200, { "content-type": "text/plain" });
+    res.end(`version: STSv1\r\nmode: enforce\r\nmx: ${mx}\r\nmax_age: 86400\r\n`);
+  });
+  await new Promise<void>((r) => policyServer.listen(443, "127.0.30.20", r));
+
+  const config = loadRelayConfig({
+    MAILFLEET_NATS_URL: nats.urls.join(","),
+    MAILFLEET_POOL: POOL,
+    MAILFLEET_RELAY_ID: "relay-test-1",
+    MAILFLEET_ADDRESSES: `${OUT1.address},${OUT2.address}`,
+    MAILFLEET_DNS_SERVERS: dns.server,
+    MAILFLEET_LOG_LEVEL: process.env.MAILFLEET_TEST_LOG ? "debug" : "warn",
+  });
+  const trust = [pf.tlsCertPem!, ca.certPem];
+  const router = new Router({ servers: [dns.server], ca: trust, minTtlMs: 2000 });
+  useRouter({ config }, router);
+  relay = await startRelay({
+    config,
+    log: createLogger({ level: config.MAILFLEET_LOG_LEVEL }),
+    components: [new PlanWatcher(), new RouteStage({ router }), new Delivery({ router, ca: trust, idleMs: 2000 })],
+  });
+  events = await eventLog(relay.ctx.nc);
+  await applyPlan(baseSpec);
+});
+
+after(async () => {
+  events?.stop();
+  await relay?.shutdown();
+  await new Promise<void>((r) => (policyServer ? policyServer.close(() => r()) : r()));
+  await pf?.stop();
+  await limited?.stop();
+  await dns?.stop();
+  await nats?.stop();
+  if (base && !process.env.MAILFLEET_KEEP_STATE) await rm(base, { recursive: true, force: true });
+});
+
+describe("routing", () => {
+  test("MX rollup: two domains on one provider's MX suffix share the provider; others go to default", T, async () => {
+    const s = await submit(relay.ctx.js, { rcpts: ["ann@acme.test", "bea@globex.test", "cid@other.test", "dee@implicit.test"] });
+    const a = await events.waitFor((e) => e.qid === s.qid && e.type === "delivered" && e.rcpts.includes("ann@acme.test"), "acme delivered");
+    const b = await events.waitFor((e) => e.qid === s.qid && e.type === "delivered" && e.rcpts.includes("bea@globex.test"), "globex delivered");
+    const c = await events.waitFor((e) => e.qid === s.qid && e.type === "delivered" && e.rcpts.includes("cid@other.test"), "other delivered");
+    const d = await events.waitFor((e) => e.qid === s.qid && e.type === "delivered" && e.rcpts.includes("dee@implicit.test"), "implicit MX delivered");
+    assert.equal(a.provider, "gprov");
+    assert.equal(b.provider, "gprov", "a backup MX at a higher preference does not break the rollup");
+    assert.equal(c.provider, "default");
+    assert.equal(d.provider, "default");
+    assert.equal((await delivered(pf, "bea@globex.test")).listener, "127.0.30.1", "the lowest preference MX gets the mail");
+    assert.equal((await delivered(pf, "dee@implicit.test")).listener, "127.0.30.2");
+    assert.deepEqual(new Set([a.part, b.part, c.part, d.part]).size, 4, "one part per recipient domain");
+  });
+
+  test("null MX: bounced at once as bad-domain, with a DSN to the sender", T, async () => {
+    const s = await submit(relay.ctx.js, { rcpts: ["x@nullmx.test"], mailFrom: "nullsender@sender.test" });
+    const e = await events.waitFor((x) => x.qid === s.qid && x.type === "bounced", "null MX bounce");
+    assert.equal(e.class, "bad-domain");
+    assert.match(e.reply!, /^556 5\.1\.10/);
+    const dsn = await delivered(pf, "nullsender@sender.test");
+    assert.equal(dsn.returnPath, "", "a DSN has the null sender");
+    const parsed = await classifyDsn(dsn.raw);
+    assert.equal(parsed.length, 1);
+    assert.equal(parsed[0]!.recipient, "x@nullmx.test");
+    assert.equal(parsed[0]!.class, "bad-domain");
+    assert.match(dsn.raw.toString(), /^From: Mail Delivery System <MAILER-DAEMON@bounces\.sender\.test>/m);
+  });
+
+  test("NXDOMAIN: bounced at once as bad-domain", T, async () => {
+    const s = await submit(relay.ctx.js, { rcpts: ["y@no-such-domain.test"] });
+    const e = await events.waitFor((x) => x.qid === s.qid && x.type === "bounced", "NXDOMAIN bounce");
+    assert.equal(e.class, "bad-domain");
+    assert.match(e.reply!, /^550 5\.1\.2/);
+  });
+
+  test("DNS failing then recovering: the route step retries, then delivers", T, async () => {
+    await dns.fail(true);
+    let s;
+    try {
+      s = await submit(relay.ctx.js, { rcpts: ["zed@late.test"] });
+      const d = await events.waitFor((x) => x.qid === s!.qid && x.type === "deferred", "DNS deferral", 60_000);
+      assert.equal(d.class, "routing-error");
+      assert.match(d.reply!, /^451 4\.4\.3/);
+    } finally {
+      await dns.fail(false);
+    }
+    const e = await events.waitFor((x) => x.qid === s.qid && x.type === "delivered", "delivered after DNS recovered");
+    assert.deepEqual(e.rcpts, ["zed@late.test"]);
+    await delivered(pf, "zed@late.test");
+  });
+});
+
+describe("outcomes", () => {
+  test("delivered: from the lane's address and hostname, the body unchanged (DKIM verifies at the receiver)", T, async () => {
+    const raw = message({ from: "app@sender.test", to: ["dkim@acme.test"], subject: "signed" });
+    const signed = await dkimSign(raw, { signatureData: [{ signingDomain: "sender.test", selector: "s1", privateKey: dkimKey.privateKey.export({ type: "pkcs8", format: "pem" }) as string }] } as never);
+    const body = Buffer.concat([Buffer.from(signed.signatures), raw]);
+    const s = await submit(relay.ctx.js, { rcpts: ["dkim@acme.test"], body });
+    const e = await events.waitFor((x) => x.qid === s.qid && x.type === "delivered", "delivered");
+    const m = await delivered(pf, "dkim@acme.test");
+    assert.equal(m.clientIp, e.source, "the receiver sees the lane's source address");
+    assert.equal(m.helo, e.source === OUT1.address ? OUT1.hostname : OUT2.hostname, "EHLO name = the address's hostname");
+    assert.equal(m.returnPath, s.env.returnPath, "VERP return path");
+    const v = await verifyDkim(m.raw, dns.server);
+    assert.ok(v.ok, `DKIM: ${JSON.stringify(v)}`);
+  });
+
+  test("several recipients per transaction, up to the provider's recipientsPerMessage", T, async () => {
+    const rcpts = ["r1@acme.test", "r2@acme.test", "r3@acme.test", "r4@acme.test", "r5@acme.test"];
+    const s = await submit(relay.ctx.js, { rcpts });
+    await until("5 delivered", () => events.events.filter((e) => e.qid === s.qid && e.type === "delivered").flatMap((e) => e.rcpts).length === 5);
+    const parts = events.events.filter((e) => e.qid === s.qid && e.type === "delivered");
+    assert.deepEqual(parts.map((p) => p.rcpts.length).sort(), [2, 3]);
+    const msgs = await pf.waitForMessages(5, { filter: (m) => rcpts.includes(m.deliveredTo) });
+    assert.equal(new Set(msgs.map((m) => m.queueId)).size, 2, "two transactions for five recipients");
+  });
+
+  test("5xx: bounced at once with a DSN to the sender; other recipients of the part delivered", T, async () => {
+    const s = await submit(relay.ctx.js, { rcpts: ["unknown-1@acme.test", "known@acme.test"], mailFrom: "bouncer@sender.test" });
+    const b = await events.waitFor((x) => x.qid === s.qid && x.type === "bounced", "bounce");
+    assert.deepEqual(b.rcpts, ["unknown-1@acme.test"]);
+    assert.equal(b.class, "invalid-recipient");
+    await events.waitFor((x) => x.qid === s.qid && x.type === "delivered", "the other recipient");
+    const dsn = await delivered(pf, "bouncer@sender.test");
+    const parsed = await classifyDsn(dsn.raw);
+    assert.equal(parsed[0]!.recipient, "unknown-1@acme.test");
+    assert.equal(parsed[0]!.class, "invalid-recipient");
+    assert.match(dsn.raw.toString(), /Subject: test /, "the DSN carries the original headers");
+  });
+
+  test("4xx: deferred, then delivered on a later try", T, async () => {
+    for (const a of [OUT1.address, OUT2.address]) await pf.setClientReply(a, "450 4.3.2 Service currently unavailable, try again later", { listener: "127.0.30.7" });
+    let s;
+    try {
+      s = await submit(relay.ctx.js, { rcpts: ["later@retry.test"] });
+      const d = await events.waitFor((x) => x.qid === s!.qid && x.type === "deferred", "deferral");
+      assert.equal(d.attempts, 1);
+      assert.ok(d.retryAt);
+    } finally {
+      for (const a of [OUT1.address, OUT2.address]) await pf.clearClientReply(a, { listener: "127.0.30.7" });
+    }
+    const e = await events.waitFor((x) => x.qid === s.qid && x.type === "delivered", "delivered on retry");
+    assert.ok(e.attempts >= 2);
+    await delivered(pf, "later@retry.test");
+  });
+
+  test("4xx until the expiry: bounced as expired with a DSN to the sender", T, async () => {
+    const expiry = plan.delivery.expiryMs;
+    const s = await submit(relay.ctx.js, { rcpts: ["full@busy.test"], mailFrom: "expiry@sender.test", acceptedAt: Date.now() - expiry + 6000 });
+    await events.waitFor((x) => x.qid === s.qid && x.type === "deferred", "deferred first");
+    const e = await events.waitFor((x) => x.qid === s.qid && x.type === "expired", "expired");
+    assert.equal(e.class, "mailbox-full");
+    const dsn = await delivered(pf, "expiry@sender.test");
+    const parsed = await classifyDsn(dsn.raw);
+    assert.equal(parsed[0]!.recipient, "full@busy.test");
+    assert.equal(parsed[0]!.action, "failed");
+  });
+});
+
+describe("TLS", () => {
+  test("opportunistic: STARTTLS when the receiver offers it", T, async () => {
+    const s = await submit(relay.ctx.js, { rcpts: ["o@opp.test", "p@other.test"] });
+    const a = await events.waitFor((x) => x.qid === s.qid && x.type === "delivered" && x.rcpts[0] === "o@opp.test", "opp");
+    const b = await events.waitFor((x) => x.qid === s.qid && x.type === "delivered" && x.rcpts[0] === "p@other.test", "plain");
+    assert.equal(a.tls, true);
+    assert.equal(b.tls, false);
+    assert.equal((await delivered(pf, "o@opp.test")).tls, true);
+  });
+
+  test("provider requires TLS: delivered over TLS, never in clear to a receiver without it", T, async () => {
+    const s = await submit(relay.ctx.js, { rcpts: ["t@tls-req.test"] });
+    const e = await events.waitFor((x) => x.qid === s.qid && x.type === "delivered", "tls delivered");
+    assert.equal(e.provider, "tlsprov");
+    assert.equal((await delivered(pf, "t@tls-req.test")).tls, true);
+    await dns.addRecords([{ type: "MX", name: "notls.test", value: "mx.other.test" }]);
+    const n = await submit(relay.ctx.js, { rcpts: ["n@notls.test"] });
+    const d = await events.waitFor((x) => x.qid === n.qid && x.type === "deferred", "no TLS: deferred");
+    assert.equal(d.class, "routing-error");
+    assert.match(d.reply!, /4\.7\.5/);
+    assert.equal((await pf.deliveredMessages()).filter(to("n@notls.test")).length, 0);
+  });
+
+  test("MTA-STS enforce: verified TLS to a listed MX; an MX without TLS gets nothing", T, async () => {
+    const s = await submit(relay.ctx.js, { rcpts: ["s@sts.test", "q@sts-plain.test"] });
+    const e = await events.waitFor((x) => x.qid === s.qid && x.type === "delivered", "sts delivered");
+    assert.deepEqual(e.rcpts, ["s@sts.test"]);
+    assert.equal(e.tls, true);
+    const d = await events.waitFor((x) => x.qid === s.qid && x.type === "deferred" && x.rcpts[0] === "q@sts-plain.test", "sts-plain deferred");
+    assert.equal(d.class, "routing-error");
+    assert.match(d.reply!, /4\.7\.5 .*(TLS|STARTTLS)/i, "deferred for want of TLS");
+    assert.equal((await pf.deliveredMessages()).filter(to("q@sts-plain.test")).length, 0);
+  });
+});
