@@ -34,6 +34,16 @@ export interface ControlPlaneOptions {
   timeoutMs?: number;
   /** Extra kube-apiserver flags (e.g. --feature-gates=...). */
   apiserverArgs?: string[];
+  /**
+   * kwok's config (Stage objects) instead of the default fast stages (defaultKwokStagesPath()):
+   * e.g. to leave Pods of a runner-managed workload to the runner instead of making them Ready.
+   */
+  kwokConfig?: string;
+}
+
+/** The default kwok stages: nodes initialise and heartbeat; Pods become Ready at once; deletions finish. */
+export function defaultKwokStagesPath(): string {
+  return join(toolDir(TOOLS.kwok!), "stages.yaml");
 }
 
 export interface ControlPlane {
@@ -365,7 +375,7 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
       writeKubeconfig(kwokKubeconfig, "kwok", "kwok");
       const kwok = start("kwok", toolPath("kwok"), [
         `--kubeconfig=${kwokKubeconfig}`,
-        `--config=${join(toolDir(TOOLS.kwok!), "stages.yaml")}`,
+        `--config=${opts.kwokConfig ?? defaultKwokStagesPath()}`,
         "--manage-all-nodes=false",
         "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         `--cidr=${POD_CIDR}`,
