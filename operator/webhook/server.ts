@@ -1,0 +1,110 @@
+// The validating admission webhook, served by every replica (leader or not) over HTTPS with the
+// serving certificate from the webhook Secret, reloaded in place when the leader renews it.
+import { createServer, type Server } from "node:https";
+import { createSecureContext, type SecureContext } from "node:tls";
+import type { World } from "../controllers/world.ts";
+import { type KubeClient, RESOURCES } from "../runtime/kube.ts";
+import type { Logger } from "../runtime/log.ts";
+import type { Metrics } from "../runtime/metrics.ts";
+import { type AdmissionRequest, review } from "./review.ts";
+
+export const WEBHOOK_PATH = "/validate";
+
+export type WebhookServerOptions = {
+  host: string;
+  port: number;
+  world: World;
+  client: KubeClient;
+  log: Logger;
+  metrics: Metrics;
+};
+
+export class WebhookServer {
+  private server: Server | undefined;
+  private context: SecureContext | undefined;
+  private certVersion = "";
+  private readonly o: WebhookServerOptions;
+
+  constructor(o: WebhookServerOptions) {
+    this.o = o;
+  }
+
+  serving(): boolean {
+    return this.server?.listening ?? false;
+  }
+
+  /** Sets the serving certificate; starts listening on the first call. */
+  async setCertificate(certPem: string, keyPem: string, version: string): Promise<void> {
+    if (version === this.certVersion) return;
+    this.certVersion = version;
+    this.context = createSecureContext({ cert: certPem, key: keyPem });
+    if (this.server) {
+      this.server.setSecureContext({ cert: certPem, key: keyPem });
+      this.o.log.info("webhook serving certificate reloaded");
+      return;
+    }
+    const server = createServer({ cert: certPem, key: keyPem, SNICallback: (_name, cb) => cb(null, this.context!) }, (req, res) => {
+      if (req.method !== "POST" || (req.url ?? "").split("?")[0] !== WEBHOOK_PATH) {
+        res.writeHead(404);
+        res.end();
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      req.on("data", (c: Buffer) => {
+        size += c.length;
+        if (size > 8 * 1024 * 1024) req.destroy();
+        else chunks.push(c);
+      });
+      req.on("end", () => {
+        this.handle(Buffer.concat(chunks).toString("utf8")).then((body) => {
+          res.writeHead(200, { "content-type": "application/json" });
+          res.end(JSON.stringify(body));
+        }, (err: Error) => {
+          this.o.log.error("admission review failed", { error: err.message });
+          res.writeHead(500);
+          res.end(err.message);
+        });
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(this.o.port, this.o.host, () => resolve());
+    });
+    this.server = server;
+    this.o.log.info("webhook serving", { host: this.o.host, port: this.o.port, path: WEBHOOK_PATH });
+  }
+
+  private async handle(text: string): Promise<unknown> {
+    const review0 = JSON.parse(text) as { apiVersion: string; kind: string; request: AdmissionRequest };
+    const req = review0.request;
+    let namespaceTerminating = false;
+    if (req.operation === "DELETE" && req.namespace) {
+      const ns = await this.o.client.get(RESOURCES.Namespace, undefined, req.namespace).catch(() => undefined);
+      namespaceTerminating = !ns || Boolean(ns.metadata.deletionTimestamp);
+    }
+    const w = this.o.world;
+    const verdict = review(req, { pools: w.pools(), domains: w.domains(), schedules: w.schedules() }, { namespaceTerminating });
+    this.o.metrics.webhookRequests.inc({ operation: req.operation, kind: req.kind.kind, allowed: String(verdict.allowed) });
+    if (!verdict.allowed) {
+      this.o.log.info("admission refused", { operation: req.operation, kind: req.kind.kind, name: req.name, namespace: req.namespace, reason: verdict.message });
+    }
+    return {
+      apiVersion: review0.apiVersion ?? "admission.k8s.io/v1",
+      kind: "AdmissionReview",
+      response: {
+        uid: req.uid,
+        allowed: verdict.allowed,
+        ...(verdict.allowed ? {} : { status: { code: 422, reason: "Invalid", message: verdict.message } }),
+        ...(verdict.warnings?.length ? { warnings: verdict.warnings } : {}),
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    if (!s) return;
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+    s.closeAllConnections();
+  }
+}
