@@ -5,7 +5,10 @@
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Counter, Registry, collectDefaultMetrics } from "prom-client";
 import { loadRelayConfig, type RelayConfig } from "./config.ts";
+import { Acceptor } from "./accept/acceptor.ts";
+import { HttpServer } from "./http/server.ts";
 import { PlanHolder, PlanWatcher } from "./plan/watcher.ts";
+import { SubmissionServer } from "./submission/server.ts";
 import { ensureStreams, serverFeatures } from "./queue/streams.ts";
 import { systemClock, type Clock, type Component, type RelayContext } from "./runtime/context.ts";
 import { createLogger, type Logger } from "./runtime/logger.ts";
