@@ -64,6 +64,8 @@ export interface ControlPlane {
   applyCRDs(dir: string, timeoutMs?: number): Promise<string[]>;
   /** Kubeconfig text for a bearer token (e.g. a ServiceAccount's TokenRequest token). */
   kubeconfigForToken(token: string, user?: string): string;
+  /** TokenRequest for an existing ServiceAccount, as kubeconfig text (for least-privilege tests). */
+  kubeconfigForServiceAccount(namespace: string, name: string, expirationSeconds?: number): Promise<string>;
   /** Kubeconfig text for a client certificate user (CN=user, O=groups) signed by the cluster CA. */
   kubeconfigForUser(user: string, groups?: string[]): Promise<string>;
   /** Names of the fake nodes. */
@@ -421,6 +423,13 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
       request,
       applyCRDs: (crds, t) => applyCRDs(request, crds, t ?? timeoutMs),
       kubeconfigForToken: (token, user = "token-user") => kubeconfigText({ server, caPem, user, token }),
+      kubeconfigForServiceAccount: async (namespace, name, expirationSeconds = 3600) => {
+        const r = await request("POST", `/api/v1/namespaces/${namespace}/serviceaccounts/${name}/token`, {
+          apiVersion: "authentication.k8s.io/v1", kind: "TokenRequest", spec: { expirationSeconds },
+        });
+        if (r.status !== 201 && r.status !== 200) throw new Error(`TokenRequest for ServiceAccount ${namespace}/${name} failed: ${r.status} ${r.body}`);
+        return kubeconfigText({ server, caPem, user: `system:serviceaccount:${namespace}:${name}`, token: r.json().status.token });
+      },
       kubeconfigForUser: async (user, groups = []) => {
         const c = await issueCert(pki.ca, { commonName: user, organizations: groups, client: true });
         return kubeconfigText({ server, caPem, user, certPem: c.certPem, keyPem: c.keyPem });

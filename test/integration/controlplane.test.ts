@@ -108,6 +108,38 @@ test("control plane with controllers, scheduler and kwok", { timeout: 1_800_000 
     }
   });
 
+  await t.test("PDB and HPA controllers act on the Deployment", async () => {
+    const policy = kc.makeApiClient(k8s.PolicyV1Api);
+    await policy.createNamespacedPodDisruptionBudget({
+      namespace: "default",
+      body: { metadata: { name: "web" }, spec: { minAvailable: 2, selector: { matchLabels: { app: "web" } } } },
+    });
+    await eventually("PDB status", async () => {
+      const pdb = await policy.readNamespacedPodDisruptionBudget({ name: "web", namespace: "default" });
+      return pdb.status?.currentHealthy === 3 && pdb.status?.disruptionsAllowed === 1;
+    });
+    // No metrics API here, but the HPA controller still enforces minReplicas.
+    const hpa = kc.makeApiClient(k8s.AutoscalingV2Api);
+    await hpa.createNamespacedHorizontalPodAutoscaler({
+      namespace: "default",
+      body: {
+        metadata: { name: "web" },
+        spec: {
+          scaleTargetRef: { apiVersion: "apps/v1", kind: "Deployment", name: "web" },
+          minReplicas: 4,
+          maxReplicas: 6,
+          metrics: [{ type: "Resource", resource: { name: "cpu", target: { type: "Utilization", averageUtilization: 80 } } }],
+        },
+      },
+    });
+    await eventually("HPA scales web to minReplicas", async () => {
+      const d = await apps.readNamespacedDeployment({ name: "web", namespace: "default" });
+      return d.spec?.replicas === 4 && d.status?.availableReplicas === 4;
+    });
+    await hpa.deleteNamespacedHorizontalPodAutoscaler({ name: "web", namespace: "default" });
+    await policy.deleteNamespacedPodDisruptionBudget({ name: "web", namespace: "default" });
+  });
+
   await t.test("ownerReference cascade: deleting a Deployment removes its ReplicaSets and Pods; a ConfigMap owner removes its child", async () => {
     await apps.deleteNamespacedDeployment({ name: "web", namespace: "default", propagationPolicy: "Background" });
     await eventually("ReplicaSets and Pods of web gone", async () => {
@@ -167,6 +199,11 @@ test("control plane with controllers, scheduler and kwok", { timeout: 1_800_000 
     await expectStatus(403, score.listNamespacedSecret({ namespace: ns }), "list secrets");
     await expectStatus(403, score.createNamespacedConfigMap({ namespace: ns, body: { metadata: { name: "x" } } }), "create configmap");
     await expectStatus(403, score.listNamespacedConfigMap({ namespace: "default" }), "list configmaps in another namespace");
+    // The harness helper gives the same identity.
+    const hkc = new k8s.KubeConfig();
+    hkc.loadFromString(await cp!.kubeconfigForServiceAccount(ns, "reader"));
+    const hreview = await hkc.makeApiClient(k8s.AuthenticationV1Api).createSelfSubjectReview({ body: {} });
+    assert.equal(hreview.status?.userInfo?.username, `system:serviceaccount:${ns}:reader`);
     // A bad token is not authenticated at all.
     const bad = new k8s.KubeConfig();
     bad.loadFromString(cp!.kubeconfigForToken(token.slice(0, -4) + "AAAA"));
