@@ -171,6 +171,12 @@ export class SmtpSession {
         const envelopeState = (this.#conn as unknown as { _envelope?: { rejectedErrors?: NodemailerError[] } })._envelope;
         const rejected = new Map<string, string>();
         for (const re of e.rejectedErrors ?? envelopeState?.rejectedErrors ?? []) if (re.recipient) rejected.set(re.recipient, re.response ?? re.message);
+        if (e.command === "MAIL FROM" && e.response && /^[45]\d\d/.test(e.response)) {
+          // MAIL FROM refused: that reply is the verdict for everyone. Pipelined RCPTs after it
+          // only got "503 need MAIL command", which says nothing about the recipients.
+          resolve({ replies: rcpts.map((r) => ({ rcpt: r, ok: false, reply: e.response! })) });
+          return;
+        }
         if (e.response && /^[2-5]\d\d/.test(e.response)) {
           // A reply ended the transaction: MAIL FROM, DATA or the final dot. Refused recipients
           // keep their own reply; the others share this one.

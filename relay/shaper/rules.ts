@@ -14,6 +14,9 @@ import type { PlanRule, ProviderPlan } from "../../api/plan.ts";
 import type { ReplyClass } from "../classify/index.ts";
 import type { Observation, RuleEffect } from "./types.ts";
 
+/** The slowest a rule can make a lane: 1% of its rate (compounding stops there). */
+export const MIN_FACTOR = 0.01;
+
 export interface Hold {
   until: number;
   rule: string;
@@ -116,7 +119,7 @@ export function effective(adj: Adjustment | undefined, maxConnections: number, r
     const c = now < adj.cap.until ? adj.cap.connections : adj.cap.connections + steps(now, adj.cap.until, rec);
     out.maxConnections = Math.min(out.maxConnections, c);
   }
-  out.factor = Math.min(1, Math.max(out.factor, 0.001));
+  out.factor = Math.min(1, Math.max(out.factor, MIN_FACTOR));
   out.maxConnections = Math.max(1, Math.min(maxConnections, out.maxConnections));
   return out;
 }
@@ -133,7 +136,7 @@ export function applyRule(adj: Adjustment | undefined, rule: PlanRule, maxConnec
       if (prev && prev.rule === rule.name && now < prev.until && now - prev.at < rec.intervalMs) {
         next.slow = { ...prev, until: Math.max(prev.until, now + duration) };
       } else {
-        next.slow = { rule: rule.name, factor: Math.max(0.001, current * factor), until: now + duration, at: now };
+        next.slow = { rule: rule.name, factor: Math.max(MIN_FACTOR, current * factor), until: now + duration, at: now };
       }
       break;
     }

@@ -22,6 +22,7 @@ import { startRelay, type Relay } from "../../relay/main.ts";
 import { PlanWatcher } from "../../relay/plan/watcher.ts";
 import { RouteStage } from "../../relay/routing/stage.ts";
 import { Delivery } from "../../relay/delivery/service.ts";
+import { QueueMetrics } from "../../relay/delivery/queue-metrics.ts";
 import { Router, useRouter } from "../../relay/routing/router.ts";
 import { createLogger } from "../../relay/runtime/logger.ts";
 import { classifyDsn } from "../../relay/classify/index.ts";
@@ -40,6 +41,7 @@ let limited: PostfixHandle;
 let relay: Relay;
 let policyServer: Server;
 let events: Awaited<ReturnType<typeof eventLog>>;
+let delivery: Delivery;
 let plan: Plan;
 
 const dkimKey = generateKeyPairSync("rsa", { modulusLength: 2048 });
@@ -160,7 +162,7 @@ before(async () => {
   relay = await startRelay({
     config,
     log: createLogger({ level: config.MAILFLEET_LOG_LEVEL }),
-    components: [new PlanWatcher(), new RouteStage({ router }), new Delivery({ router, ca: trust, idleMs: 2000 })],
+    components: [new PlanWatcher(), new RouteStage({ router }), (delivery = new Delivery({ router, ca: trust, idleMs: 2000 })), new QueueMetrics({ intervalMs: 1000 })],
   });
   events = await eventLog(relay.ctx.nc);
   await applyPlan(baseSpec);
@@ -330,5 +332,88 @@ describe("TLS", () => {
     assert.equal(d.class, "routing-error");
     assert.match(d.reply!, /4\.7\.5 .*(TLS|STARTTLS)/i, "deferred for want of TLS");
     assert.equal((await pf.deliveredMessages()).filter(to("q@sts-plain.test")).length, 0);
+  });
+});
+
+async function metric(name: string): Promise<string> {
+  return (await relay.ctx.registry.getSingleMetricAsString(name)) ?? "";
+}
+
+function sum(text: string, labels: Record<string, string>): number {
+  let total = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#") || !line.trim()) continue;
+    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) total += Number(line.split(" ").pop());
+  }
+  return total;
+}
+
+describe("lanes", () => {
+  const lim = { name: "lim", mxSuffixes: ["limited.test"] };
+
+  test("lane limits under the receiver's anvil limits never trigger them", T, async () => {
+    // anvil: 6 messages per 30 s per client; each lane: 5 per 30 s (one every 6 s), 2 connections (anvil: 3).
+    await applyPlan({ ...baseSpec, providers: [...baseSpec.providers, { ...lim, lane: { messageRate: { count: 5, periodMs: 30_000 }, maxConnections: 2 } }] });
+    const rcpts = Array.from({ length: 16 }, (_, i) => `u${i}@limited.test`);
+    const subs = await Promise.all(rcpts.map((r) => submit(relay.ctx.js, { rcpts: [r] })));
+    const qids = new Set(subs.map((s) => s.qid));
+    await until("16 delivered", () => events.events.filter((e) => qids.has(e.qid) && e.type === "delivered").length === 16, 240_000);
+    assert.equal(events.events.filter((e) => qids.has(e.qid) && e.type !== "delivered").length, 0, "no deferral");
+    assert.doesNotMatch(await limited.log(), /too much mail|too many connections/, "anvil never fired");
+    const msgs = await limited.waitForMessages(16);
+    assert.deepEqual(new Set(msgs.map((m) => m.clientIp)), new Set([OUT1.address, OUT2.address]), "both lanes sent");
+    const gauge = await metric("mailfleet_lane_connections");
+    assert.match(gauge, /source_ip="127\.0\.31\.[12]",provider="lim"|provider="lim".*source_ip/);
+    await until("queue depth gauge back at 0", async () => /mailfleet_queue_depth\{[^}]*provider="lim"[^}]*\} 0/.test(await metric("mailfleet_queue_depth")), 30_000);
+  });
+
+  test("lane limit above the receiver's: the relay backs off from the real 450 and delivers everything", T, async () => {
+    await applyPlan({
+      ...baseSpec,
+      providers: [...baseSpec.providers, { ...lim, lane: { messageRate: { count: 60, periodMs: 30_000 }, maxConnections: 2 }, rules: [{ name: "slow-on-rate", class: "rate-limited", action: "SlowDown", factor: 0.1, durationMs: 30_000 }] }],
+      // only one lane sends to this provider: the other is paused by the plan
+      lanes: { [`${OUT2.address}/lim`]: { state: "Paused" } },
+    });
+    const before = (await limited.deliveredMessages()).length;
+    const rcpts = Array.from({ length: 12 }, (_, i) => `v${i}@limited.test`);
+    const subs = await Promise.all(rcpts.map((r) => submit(relay.ctx.js, { rcpts: [r] })));
+    const qids = new Set(subs.map((s) => s.qid));
+    const d = await events.waitFor((e) => qids.has(e.qid) && e.type === "deferred", "a deferral from anvil", 120_000);
+    assert.equal(d.class, "rate-limited");
+    assert.match(d.reply!, /^450 4\.7\.1 .*too much mail/);
+    await until("rule fired", async () => sum(await metric("mailfleet_rule_activations_total"), { rule: "slow-on-rate", source_ip: OUT1.address }) >= 1, 30_000);
+    assert.ok(delivery.limiter.view({ pool: POOL, address: OUT1.address, provider: "lim" }).factor < 1, "the lane slowed down");
+    await until("12 delivered", () => events.events.filter((e) => qids.has(e.qid) && e.type === "delivered").length === 12, 300_000);
+    const msgs = (await limited.deliveredMessages()).slice(before);
+    assert.ok(msgs.every((m) => m.clientIp === OUT1.address), "a paused lane sends nothing");
+  });
+
+  test("a provider's 421 4.7.28 (Postfix cidr client reply) suspends the lane; the other lane carries the mail", T, async () => {
+    const rules = [{ name: "unusual-rate", enhancedCode: "4.7.28", action: "SuspendLane" as const, durationMs: 600_000 }];
+    const gprov = { ...baseSpec.providers[0]!, rules };
+    // Only out2 may send to gprov at first, so the first message meets the 421.
+    await applyPlan({ ...baseSpec, providers: [gprov, baseSpec.providers[1]!], lanes: { [`${OUT1.address}/gprov`]: { state: "Paused" } } });
+    await pf.setClientReply(OUT2.address, "421 4.7.28 Gmail has detected an unusual rate of unsolicited mail originating from your IP address", { listener: "127.0.30.1" });
+    try {
+      const s = await submit(relay.ctx.js, { rcpts: ["rule1@acme.test"] });
+      const d = await events.waitFor((e) => e.qid === s.qid && e.type === "deferred", "deferred by 421");
+      assert.equal(d.source, OUT2.address);
+      assert.equal(d.rule, "unusual-rate");
+      assert.match(d.reply!, /^421 4\.7\.28/);
+      const v = delivery.limiter.view({ pool: POOL, address: OUT2.address, provider: "gprov" });
+      assert.equal(v.sendable, false);
+      assert.equal(v.reason, "suspended");
+      assert.ok(sum(await metric("mailfleet_rule_activations_total"), { rule: "unusual-rate", action: "SuspendLane" }) >= 1);
+      // out1 opens; the deferred message and new ones go through it, none through suspended out2.
+      await applyPlan({ ...baseSpec, providers: [gprov, baseSpec.providers[1]!] });
+      const more = await Promise.all(["rule2@acme.test", "rule3@acme.test", "rule4@acme.test"].map((r) => submit(relay.ctx.js, { rcpts: [r] })));
+      for (const q of [s, ...more]) {
+        const e = await events.waitFor((x) => x.qid === q.qid && x.type === "delivered", "delivered via out1");
+        assert.equal(e.source, OUT1.address);
+      }
+      for (const r of ["rule1@acme.test", "rule2@acme.test", "rule3@acme.test", "rule4@acme.test"]) assert.equal((await delivered(pf, r)).clientIp, OUT1.address);
+    } finally {
+      await pf.clearClientReply(OUT2.address, { listener: "127.0.30.1" });
+    }
   });
 });
