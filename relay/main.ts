@@ -15,6 +15,7 @@ import { createLogger, type Logger } from "./runtime/logger.ts";
 import { connectNats } from "./runtime/nats.ts";
 import { RouteStage } from "./routing/stage.ts";
 import { Delivery } from "./delivery/service.ts";
+import { QueueMetrics } from "./delivery/queue-metrics.ts";
 
 /**
  * The relay's components, started in this order and stopped in reverse. Acceptance comes before
@@ -26,6 +27,7 @@ export function components(): Component[] {
     // Delivery side (relay/DELIVERY.md): route stage, lane scheduler.
     new RouteStage(),
     new Delivery(),
+    new QueueMetrics(),
   ];
 }
 
