@@ -261,7 +261,7 @@ export function tail(file: string, lines: number): string {
 }
 
 /** Runs go with output appended to the log; prints a progress line every 30 s (package count with -v). */
-async function go(ctx: BuildContext, args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): Promise<string> {
+async function go(ctx: BuildContext, args: string[], opts: { cwd?: string; env?: Record<string, string>; total?: number } = {}): Promise<string> {
   const out = createWriteStream(ctx.logFile, { flags: "a" });
   out.write(`\n$ go ${args.join(" ")}\n`);
   const child = spawn("go", args, {
@@ -273,7 +273,10 @@ async function go(ctx: BuildContext, args: string[], opts: { cwd?: string; env?:
   let lines = 0;
   child.stdout.on("data", (d: Buffer) => { stdout += d.toString(); out.write(d); });
   child.stderr.on("data", (d: Buffer) => { lines += d.toString().split("\n").length - 1; out.write(d); });
-  const timer = setInterval(() => ctx.log(`go ${args[0]}: ${lines} lines of output so far`), 30_000);
+  // With -v, go prints one line per package it compiles: a rough progress count.
+  const timer = setInterval(() => ctx.log(opts.total
+    ? `go ${args[0]}: ${lines} of ~${opts.total} packages`
+    : `go ${args[0]}: ${lines} lines of output so far`), 30_000);
   const code: number = await new Promise((resolve, reject) => {
     child.on("error", reject);
     child.on("close", (c) => resolve(c ?? 1));
@@ -369,10 +372,10 @@ async function buildKubernetes(ctx: BuildContext): Promise<void> {
     `-X k8s.io/component-base/version.gitMinor=${k8s.minor}`,
     `-X k8s.io/component-base/version.gitTreeState=clean`,
   ].join(" ");
-  ctx.log("go build (a cold build takes tens of minutes on 2 cores)");
-  await go(ctx, ["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", ctx.outDir + "/",
-    "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes/cmd/kube-scheduler"],
-  { env: { CGO_ENABLED: "0" } });
+  const cmds = ["k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes/cmd/kube-scheduler"];
+  const total = (await go(ctx, ["list", "-deps", ...cmds], { env: { CGO_ENABLED: "0" } })).trim().split("\n").length;
+  ctx.log(`go build: ${total} packages (a cold build takes tens of minutes on 2 cores)`);
+  await go(ctx, ["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", ctx.outDir + "/", ...cmds], { env: { CGO_ENABLED: "0" }, total });
 }
 
 async function buildEtcd(ctx: BuildContext): Promise<void> {
