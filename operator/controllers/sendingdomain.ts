@@ -8,7 +8,8 @@ import { type OwnKey, rotate } from "../dkim/rotation.ts";
 import { type DesiredRecord, type DkimPublicKey, desiredRecords } from "../dns/records.ts";
 import { verifyRecords } from "../dns/verify.ts";
 import { formatProblems } from "../webhook/review.ts";
-import { type DesiredCondition, readyFrom, rfc3339 } from "../runtime/conditions.ts";
+import { isDeepStrictEqual } from "node:util";
+import { type DesiredCondition, normalize, readyFrom, rfc3339 } from "../runtime/conditions.ts";
 import type { Result } from "../runtime/controller.ts";
 import { RESOURCES } from "../runtime/kube.ts";
 import { DOMAIN_LABEL, type KubeObject, MANAGED_BY, MANAGED_BY_LABEL, SELECTOR_LABEL, ownerRef, splitKey } from "../runtime/types.ts";
@@ -278,7 +279,7 @@ async function status(
     const cur = (live.status ?? {}) as { dnsRecords?: unknown; lastDnsCheck?: string };
     const fields = o.fields ?? {};
     // lastDnsCheck moves only when the results do, so an unchanged check writes nothing.
-    const dnsChanged = fields.dnsRecords !== undefined && JSON.stringify(cur.dnsRecords) !== JSON.stringify(fields.dnsRecords);
+    const dnsChanged = fields.dnsRecords !== undefined && !isDeepStrictEqual(normalize(cur.dnsRecords), normalize(fields.dnsRecords));
     return {
       status: {
         observedGeneration: live.metadata.generation,
