@@ -84,7 +84,8 @@ async function resolveBinaries(): Promise<PrometheusBinaries> {
     for (const cmd of ['prometheus', 'promtool']) {
       // Without the builtinassets tag the web UI is not embedded (it needs an npm build); the
       // HTTP API, which is all tests use, is complete.
-      await run(COMPONENT, 'go', ['install', `github.com/prometheus/prometheus/cmd/${cmd}@${modVersion}`], { env, timeoutMs: 3_600_000 });
+      const ldflags = `-X github.com/prometheus/common/version.Version=${wanted}`; // else --version prints nothing
+      await run(COMPONENT, 'go', ['install', `-ldflags=${ldflags}`, `github.com/prometheus/prometheus/cmd/${cmd}@${modVersion}`], { env, timeoutMs: 3_600_000 });
     }
     await rm(dest, { recursive: true, force: true });
     await rename(tmp, dest);
