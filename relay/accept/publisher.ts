@@ -77,7 +77,7 @@ export class StreamBatcher {
     this.stream = stream;
     this.#nc = nc;
     this.#js = js;
-    this.#o = { minBatch: 8, maxBatch: 999, maxBatchBytes: 16 * 1024 * 1024, maxInflight: 4, timeoutMs: 10_000, ...o };
+    this.#o = { minBatch: 8, maxBatch: 999, maxBatchBytes: 16 * 1024 * 1024, maxInflight: 1, timeoutMs: 10_000, ...o };
     this.#sizes = sizes;
   }
 
