@@ -237,6 +237,7 @@ export async function startRunner(o: RunnerOptions): Promise<Runner> {
 
   const relays = new Map<string, PodRelay>();
   const ended: EndedRun[] = [];
+  const done = new Set<string>();
   let registryTimer: NodeJS.Timeout | undefined;
   let registryText = "";
   const writeRegistry = () => {
@@ -263,7 +264,12 @@ export async function startRunner(o: RunnerOptions): Promise<Runner> {
     cwd: o.cwd ?? PROJECT_ROOT,
     liveness: o.liveness ?? true,
     changed: writeRegistry,
-    forget: (uid) => { relays.delete(uid); writeRegistry(); },
+    forget: (uid) => {
+      relays.delete(uid);
+      done.add(uid);
+      if (done.size > 10_000) done.delete(done.values().next().value!);
+      writeRegistry();
+    },
     ended: (r) => {
       ended.push(r);
       if (ended.length > 1000) ended.shift();
@@ -283,6 +289,8 @@ export async function startRunner(o: RunnerOptions): Promise<Runner> {
     if (!isFakeNode(pod.spec?.nodeName)) return;
     const phase = pod.status?.phase;
     if (phase === "Succeeded" || phase === "Failed") return;
+    // A Pod whose relay we already stopped, seen again before the watch reports it gone.
+    if (done.has(uid)) return;
     const r = new PodRelay(ctx, pod);
     relays.set(uid, r);
     r.kick();
