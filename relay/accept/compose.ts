@@ -82,7 +82,7 @@ export function composeHeader(input: ComposeInput): Composed {
   let oneClick = false;
   const mailto = lu.mailto ? `<mailto:${lu.mailto}?subject=unsubscribe>` : undefined;
   if (lu.mode === "OneClick" && lu.url && input.rcpt && input.unsubscribeKey) {
-    const token = unsubscribeToken(input.unsubscribeKey, domain.domain, input.rcpt);
+    const token = unsubscribeToken(input.unsubscribeKey, domain.domain, input.rcpt, qid);
     const url = lu.url.includes("{token}") ? lu.url.replaceAll("{token}", token) : `${lu.url}${lu.url.includes("?") ? "&" : "?"}t=${token}`;
     added.push(`List-Unsubscribe: <${url}>${mailto ? `, ${mailto}` : ""}`, "List-Unsubscribe-Post: List-Unsubscribe=One-Click");
     oneClick = true;

@@ -1,6 +1,6 @@
 // RFC 8058 one-click unsubscribe tokens.
 //
-// A token names one recipient of one sending domain, so the unsubscribe it triggers suppresses
+// A token names one recipient of one sending domain (and the message's queue id, for the event), so the unsubscribe it triggers suppresses
 // exactly that address for that domain. It is authenticated encryption (AES-256-GCM) rather than
 // a bare HMAC over the clear address, so the recipient's address does not appear in URLs that
 // proxies and logs keep. The key is the file `unsubscribe.key` in the pool's Secret (any length;
@@ -24,16 +24,16 @@ function aesKey(key: Buffer): Buffer {
   return Buffer.from(hkdfSync("sha256", key, Buffer.alloc(0), "mailfleet unsubscribe v1", 32));
 }
 
-export function unsubscribeToken(key: Buffer, domain: string, rcpt: string): string {
+export function unsubscribeToken(key: Buffer, domain: string, rcpt: string, qid = ""): string {
   const iv = randomBytes(12);
   const c = createCipheriv("aes-256-gcm", aesKey(key), iv);
-  const plain = Buffer.from(`${domain.toLowerCase()}\n${rcpt.toLowerCase()}`, "utf8");
+  const plain = Buffer.from(`${domain.toLowerCase()}\n${rcpt.toLowerCase()}${qid ? `\n${qid}` : ""}`, "utf8");
   const enc = Buffer.concat([c.update(plain), c.final()]);
   return Buffer.concat([Buffer.from([VERSION, keyId(key)]), iv, enc, c.getAuthTag()]).toString("base64url");
 }
 
 /** The domain and recipient a token names, or null when no key opens it. */
-export function verifyUnsubscribeToken(keys: Buffer[], token: string): { domain: string; rcpt: string } | null {
+export function verifyUnsubscribeToken(keys: Buffer[], token: string): { domain: string; rcpt: string; qid?: string } | null {
   let raw: Buffer;
   try {
     raw = Buffer.from(token, "base64url");
@@ -47,9 +47,9 @@ export function verifyUnsubscribeToken(keys: Buffer[], token: string): { domain:
     const d = createDecipheriv("aes-256-gcm", aesKey(key), raw.subarray(2, 14));
     d.setAuthTag(raw.subarray(raw.length - 16));
     const plain = Buffer.concat([d.update(raw.subarray(14, raw.length - 16)), d.final()]).toString("utf8");
-    const nl = plain.indexOf("\n");
-    if (nl < 1) return null;
-    return { domain: plain.slice(0, nl), rcpt: plain.slice(nl + 1) };
+    const [domain, rcpt, qid] = plain.split("\n");
+    if (!domain || !rcpt) return null;
+    return { domain, rcpt, ...(qid ? { qid } : {}) };
   } catch {
     return null;
   }

@@ -25,6 +25,7 @@ import type { TLSSocket } from "node:tls";
 import { z } from "zod";
 import { AcceptError, isAddress, REPLIES, type Acceptor } from "../accept/acceptor.ts";
 import { verifyUnsubscribeToken } from "../accept/unsubscribe.ts";
+import { digest, publishEvent, type MailEvent } from "../delivery/events.ts";
 import { networkDomains, networksFor } from "../plan/index.ts";
 import type { Component, RelayContext } from "../runtime/context.ts";
 import type { Logger } from "../runtime/logger.ts";
@@ -270,7 +271,12 @@ export class HttpServer implements Component {
       scope: { domain: who.domain }, address: who.rcpt, reason: "unsubscribe",
       ttlMs: dp?.suppression.unsubscribeTtlMs ?? 0, detail: "one-click",
     });
-    this.#log.info("unsubscribed", { domain: who.domain });
+    this.#log.info("unsubscribed", { domain: who.domain, qid: who.qid });
+    if (dp) {
+      const time = new Date(this.#ctx.clock.now()).toISOString();
+      const e: MailEvent = { type: "unsubscribed", qid: who.qid ?? "", part: 0, pool: dp.pool, domain: who.domain, rcpts: [who.rcpt], attempts: 0, time, scope: "domain", feedbackType: "one-click" };
+      publishEvent(this.#ctx.js, e, `unsub:${who.qid ?? ""}:${digest(who.domain, who.rcpt)}`).catch((err) => this.#log.warn("event not published", { error: err }));
+    }
     this.#json(res, 200, { ok: true });
   }
 }

@@ -108,7 +108,7 @@ describe("composeHeader", () => {
     assert.match(text, /^List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n/m);
     const m = /^List-Unsubscribe: <https:\/\/u\.example\.com\/u\/([A-Za-z0-9_-]+)>, <mailto:unsub@example\.com\?subject=unsubscribe>\r\n/m.exec(text);
     assert.ok(m, text);
-    assert.deepEqual(verifyUnsubscribeToken([key], m[1]!), { domain: "example.com", rcpt: "bob@x.org" });
+    assert.deepEqual(verifyUnsubscribeToken([key], m[1]!), { domain: "example.com", rcpt: "bob@x.org", qid: "q".repeat(20) });
   });
   it("Mailto mode: only the mailto form, no Post field", () => {
     const d = { ...domain, listUnsubscribe: { mode: "Mailto" as const, mailto: "unsub@example.com" } };
