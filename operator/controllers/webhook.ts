@@ -106,7 +106,7 @@ export async function reconcileWebhook(ctx: Context, w: WebhookConfig): Promise<
         type: "kubernetes.io/tls",
         data: { "ca.crt": b64(ca.certPem), "ca.key": b64(ca.keyPem), "tls.crt": b64(serving.certPem), "tls.key": b64(serving.keyPem) },
       }, ctx.inf.secrets);
-      ctx.log.info("issued the webhook serving certificate", { secret: `${ns}/${w.secretName}`, hosts, reason: why, version: out.obj.metadata.resourceVersion });
+      ctx.log.info("issued the webhook serving certificate", { secretName: `${ns}/${w.secretName}`, hosts, reason: why, version: out.obj.metadata.resourceVersion });
     }
     caPem = ca?.certPem;
   }

@@ -52,6 +52,8 @@ export class Informer<T extends KubeObject = KubeObject> {
   private readonly o: InformerOptions<T>;
   private readonly store = new Map<string, T>();
   private readonly handlers: Handler<T>[] = [];
+  /** Keys whose cached object came from upsert: their watch event is still handed to handlers. */
+  private readonly written = new Set<string>();
   private rv = "";
   private synced = false;
   private syncWaiters: (() => void)[] = [];
@@ -97,7 +99,8 @@ export class Informer<T extends KubeObject = KubeObject> {
 
   /**
    * Puts an object the operator just wrote into the cache (write-through), so the next reconcile
-   * does not act on the version before its own write. The watch event that follows replaces it.
+   * does not act on the version before its own write. The watch event that follows replaces it and
+   * still reaches the handlers (other controllers may depend on what was written).
    */
   upsert(obj: KubeObject): void {
     const t = this.shrink(obj);
@@ -105,6 +108,13 @@ export class Informer<T extends KubeObject = KubeObject> {
     const old = this.store.get(key);
     if (old && old.metadata.resourceVersion === t.metadata.resourceVersion) return;
     this.store.set(key, t);
+    this.written.add(key);
+  }
+
+  /** Whether an event for key at obj's version is news to the handlers. */
+  private changed(key: string, prev: T | undefined, obj: T): boolean {
+    const wrote = this.written.delete(key);
+    return !prev || wrote || prev.metadata.resourceVersion !== obj.metadata.resourceVersion;
   }
 
   start(): void {
@@ -192,7 +202,7 @@ export class Informer<T extends KubeObject = KubeObject> {
       this.store.set(k, t);
       const prev = old.get(k);
       if (!prev) this.emit("add", t);
-      else if (prev.metadata.resourceVersion !== t.metadata.resourceVersion) this.emit("update", t, prev);
+      else if (this.changed(k, prev, t)) this.emit("update", t, prev);
     }
     for (const [k, prev] of old) if (!seen.has(k)) this.emit("delete", prev);
     this.rv = rv;
@@ -247,12 +257,13 @@ export class Informer<T extends KubeObject = KubeObject> {
         if (ev.type === "DELETED") {
           const prev = this.store.get(key) ?? t;
           this.store.delete(key);
+          this.written.delete(key);
           this.emit("delete", prev);
         } else {
           const prev = this.store.get(key);
           this.store.set(key, t);
           if (!prev) this.emit("add", t);
-          else if (prev.metadata.resourceVersion !== t.metadata.resourceVersion) this.emit("update", t, prev);
+          else if (this.changed(key, prev, t)) this.emit("update", t, prev);
         }
         if (rv) this.rv = rv;
       }
