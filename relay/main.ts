@@ -16,6 +16,8 @@ import { connectNats } from "./runtime/nats.ts";
 import { RouteStage } from "./routing/stage.ts";
 import { Delivery } from "./delivery/service.ts";
 import { QueueMetrics } from "./delivery/queue-metrics.ts";
+import { InboundServer } from "./inbound/server.ts";
+import { WebhookDispatcher } from "./webhooks/dispatcher.ts";
 
 /**
  * The relay's components, started in this order and stopped in reverse. Acceptance comes before
@@ -24,10 +26,13 @@ import { QueueMetrics } from "./delivery/queue-metrics.ts";
 export function components(): Component[] {
   return [
     new PlanWatcher(),
-    // Delivery side (relay/DELIVERY.md): route stage, lane scheduler.
+    // Delivery side (relay/DELIVERY.md): route stage, lane scheduler, queue metrics, inbound
+    // listener for bounces and feedback reports (MAILFLEET_INBOUND_PORT, 0 = none), webhooks.
     new RouteStage(),
     new Delivery(),
     new QueueMetrics(),
+    new InboundServer(),
+    new WebhookDispatcher(),
   ];
 }
 

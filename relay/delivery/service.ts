@@ -27,6 +27,7 @@ import { BodyNotFound, BodyStore } from "./body.ts";
 import { deliveryMetrics, type DeliveryMetrics } from "./metrics.ts";
 import { Outcomes, type Suppressor } from "./outcomes.ts";
 import { NoConnectionSlot, SessionPool } from "./smtp.ts";
+import { suppressorFor } from "./suppress.ts";
 
 export interface DeliveryOptions {
   /** The lane limiter (default: per relay, relay/shaper/local.ts). */
@@ -135,7 +136,7 @@ export class Delivery implements Component {
       onOpen: (lane, open) => this.#metrics.connections.set({ pool: lane.pool, source_ip: lane.address, provider: lane.provider }, open),
     });
     this.#bodies = new BodyStore(ctx.jsm, ctx.large);
-    const suppressor = typeof this.#o.suppressor === "function" ? this.#o.suppressor(ctx) : this.#o.suppressor;
+    const suppressor = typeof this.#o.suppressor === "function" ? this.#o.suppressor(ctx) : (this.#o.suppressor ?? suppressorFor(ctx));
     this.#outcomes = new Outcomes({
       js: ctx.js,
       bodies: this.#bodies,

@@ -12,6 +12,7 @@ import { ensureQueueConsumer } from "../delivery/consumers.ts";
 import { Outcomes, type Suppressor } from "../delivery/outcomes.ts";
 import { BodyStore } from "../delivery/body.ts";
 import { deliveryMetrics, type DeliveryMetrics } from "../delivery/metrics.ts";
+import { suppressorFor } from "../delivery/suppress.ts";
 import { routerFor, type Router } from "./router.ts";
 import { hostname } from "node:os";
 
@@ -46,7 +47,7 @@ export class RouteStage implements Component {
     this.#router = this.#o.router ?? routerFor(ctx);
     this.#metrics = deliveryMetrics(ctx.registry);
     const pool = ctx.config.MAILFLEET_POOL;
-    const suppressor = typeof this.#o.suppressor === "function" ? this.#o.suppressor(ctx) : this.#o.suppressor;
+    const suppressor = typeof this.#o.suppressor === "function" ? this.#o.suppressor(ctx) : (this.#o.suppressor ?? suppressorFor(ctx));
     this.#outcomes = new Outcomes({
       js: ctx.js,
       bodies: new BodyStore(ctx.jsm, ctx.large),

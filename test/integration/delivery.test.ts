@@ -23,9 +23,16 @@ import { PlanWatcher } from "../../relay/plan/watcher.ts";
 import { RouteStage } from "../../relay/routing/stage.ts";
 import { Delivery } from "../../relay/delivery/service.ts";
 import { QueueMetrics } from "../../relay/delivery/queue-metrics.ts";
+import { InboundServer } from "../../relay/inbound/server.ts";
+import { WebhookDispatcher, SIGNATURE_HEADER } from "../../relay/webhooks/dispatcher.ts";
+import { createHmac, timingSafeEqual } from "node:crypto";
+import { createServer as createHttpServer, type IncomingMessage } from "node:http";
+import { mkdir, writeFile } from "node:fs/promises";
+import nodemailer from "nodemailer";
 import { Router, useRouter } from "../../relay/routing/router.ts";
 import { createLogger } from "../../relay/runtime/logger.ts";
 import { classifyDsn } from "../../relay/classify/index.ts";
+import { Suppressions } from "../../relay/suppression/index.ts";
 import type { Plan } from "../../api/plan.ts";
 import { eventLog, makePlan, message, publishPlan, submit, until, POOL, type PlanSpec } from "./delivery-harness.ts";
 
@@ -40,6 +47,10 @@ let pf: PostfixHandle;
 let limited: PostfixHandle;
 let relay: Relay;
 let policyServer: Server;
+let hookServer: import("node:http").Server;
+const hookPosts: { body: string; headers: IncomingMessage["headers"]; status: number }[] = [];
+const HOOK_SECRET = "whsec-test-0123456789";
+const INBOUND = { host: "127.0.31.9", port: 2525 };
 let events: Awaited<ReturnType<typeof eventLog>>;
 let delivery: Delivery;
 let plan: Plan;
@@ -65,8 +76,8 @@ const records: DnsRecord[] = [
   { type: "A", name: "mx.sts.test", value: "127.0.30.5" },
   { type: "TXT", name: "_mta-sts.sts.test", value: "v=STSv1; id=20260101" },
   { type: "A", name: "mta-sts.sts.test", value: "127.0.30.20" },
-  { type: "MX", name: "sts-plain.test", value: "mx.plain.sts-plain.test" },
-  { type: "A", name: "mx.plain.sts-plain.test", value: "127.0.30.6" },
+  { type: "MX", name: "sts-plain.test", value: "mxplain.sts-plain.test" },
+  { type: "A", name: "mxplain.sts-plain.test", value: "127.0.30.6" },
   { type: "TXT", name: "_mta-sts.sts-plain.test", value: "v=STSv1; id=1" },
   { type: "A", name: "mta-sts.sts-plain.test", value: "127.0.30.20" },
   { type: "MX", name: "retry.test", value: "mx.retry.test" },
@@ -97,6 +108,8 @@ async function applyPlan(spec: PlanSpec): Promise<void> {
   await until("plan applied", () => relay.ctx.plan()?.revision === plan.revision, 30_000);
 }
 
+const suppressions = () => new Suppressions(relay.ctx.suppressKv, { perKeyTtl: true });
+
 const to = (rcpt: string) => (m: DeliveredMessage) => m.deliveredTo === rcpt;
 
 async function delivered(handle: PostfixHandle, rcpt: string, timeoutMs = 120_000): Promise<DeliveredMessage> {
@@ -125,7 +138,7 @@ before(async () => {
       { address: "127.0.30.3", hostname: "mx.tls.test", requireTls: true },
       { address: "127.0.30.4", hostname: "mx.opp.test", tlsOffered: true },
       { address: "127.0.30.5", hostname: "mx.sts.test", tlsOffered: true },
-      { address: "127.0.30.6", hostname: "mx.plain.sts-plain.test" },
+      { address: "127.0.30.6", hostname: "mxplain.sts-plain.test" },
       { address: "127.0.30.7", hostname: "mx.retry.test" },
       { address: "127.0.30.8", hostname: "mx.busy.test", rejectRecipients: [{ pattern: /.*/, reply: "452 4.2.2 Mailbox full, try later" }] },
     ],
@@ -148,7 +161,28 @@ before(async () => {
   });
   await new Promise<void>((r) => policyServer.listen(443, "127.0.30.20", r));
 
+  // Webhook receiver: fails the first two POSTs of each event, then takes it.
+  const seen = new Map<string, number>();
+  hookServer = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const id = String(req.headers["mailfleet-event-id"]);
+      const n = (seen.get(id) ?? 0) + 1;
+      seen.set(id, n);
+      const status = n <= 2 ? 500 : 200;
+      hookPosts.push({ body: Buffer.concat(chunks).toString("utf8"), headers: req.headers, status });
+      res.writeHead(status).end();
+    });
+  });
+  await new Promise<void>((r) => hookServer.listen(8089, INBOUND.host, r));
+  const secrets = join(base, "secrets");
+  await mkdir(secrets, { recursive: true });
+  await writeFile(join(secrets, "webhook.sender.test.hook"), `${HOOK_SECRET}\n`);
+
   const config = loadRelayConfig({
+    MAILFLEET_SECRETS_DIR: secrets,
+    MAILFLEET_TLS_DIR: join(base, "no-tls"),
     MAILFLEET_NATS_URL: nats.urls.join(","),
     MAILFLEET_POOL: POOL,
     MAILFLEET_RELAY_ID: "relay-test-1",
@@ -162,7 +196,14 @@ before(async () => {
   relay = await startRelay({
     config,
     log: createLogger({ level: config.MAILFLEET_LOG_LEVEL }),
-    components: [new PlanWatcher(), new RouteStage({ router }), (delivery = new Delivery({ router, ca: trust, idleMs: 2000 })), new QueueMetrics({ intervalMs: 1000 })],
+    components: [
+      new PlanWatcher(),
+      new RouteStage({ router }),
+      (delivery = new Delivery({ router, ca: trust, idleMs: 2000 })),
+      new QueueMetrics({ intervalMs: 1000 }),
+      new InboundServer({ router, ...INBOUND }),
+      new WebhookDispatcher({ retryBaseMs: 300 }),
+    ],
   });
   events = await eventLog(relay.ctx.nc);
   await applyPlan(baseSpec);
@@ -172,6 +213,7 @@ after(async () => {
   events?.stop();
   await relay?.shutdown();
   await new Promise<void>((r) => (policyServer ? policyServer.close(() => r()) : r()));
+  await new Promise<void>((r) => (hookServer ? hookServer.close(() => r()) : r()));
   await pf?.stop();
   await limited?.stop();
   await dns?.stop();
@@ -207,6 +249,7 @@ describe("routing", () => {
     assert.equal(parsed[0]!.recipient, "x@nullmx.test");
     assert.equal(parsed[0]!.class, "bad-domain");
     assert.match(dsn.raw.toString(), /^From: Mail Delivery System <MAILER-DAEMON@bounces\.sender\.test>/m);
+    assert.equal((await suppressions().check("sender.test", "x@nullmx.test"))?.scope, "global");
   });
 
   test("NXDOMAIN: bounced at once as bad-domain", T, async () => {
@@ -269,6 +312,10 @@ describe("outcomes", () => {
     assert.equal(parsed[0]!.recipient, "unknown-1@acme.test");
     assert.equal(parsed[0]!.class, "invalid-recipient");
     assert.match(dsn.raw.toString(), /Subject: test /, "the DSN carries the original headers");
+    const hit = await until("suppressed", () => suppressions().check("other-sender.test", "unknown-1@acme.test"), 30_000);
+    assert.equal(hit.scope, "global", "a hard bounce is suppressed for every sending domain");
+    assert.equal(hit.reason, "hard-bounce");
+    assert.equal(await suppressions().check("sender.test", "known@acme.test"), null);
   });
 
   test("4xx: deferred, then delivered on a later try", T, async () => {
@@ -415,5 +462,166 @@ describe("lanes", () => {
     } finally {
       await pf.clearClientReply(OUT2.address, { listener: "127.0.30.1" });
     }
+  });
+});
+
+/** Sends a message to the relay's inbound listener; resolves with the reply or the error's reply. */
+async function sendInbound(from: string, to: string, raw: Buffer): Promise<string> {
+  const t = nodemailer.createTransport({ host: INBOUND.host, port: INBOUND.port, ignoreTLS: true, localAddress: "127.0.30.1", name: "mx1.gprov.test" });
+  try {
+    return (await t.sendMail({ envelope: { from, to: [to] }, raw })).response;
+  } catch (err) {
+    return String((err as { response?: string }).response ?? (err as Error).message);
+  } finally {
+    t.close();
+  }
+}
+
+function postfixDsn(o: { to: string; rcpt: string; reply: string; status: string; original: string }): Buffer {
+  const b = "5F1A2B3C4D.1764300000/mx1.gprov.test";
+  return Buffer.from([
+    "From: MAILER-DAEMON@mx1.gprov.test (Mail Delivery System)",
+    "Subject: Undelivered Mail Returned to Sender",
+    `To: ${o.to}`,
+    "Auto-Submitted: auto-replied",
+    "MIME-Version: 1.0",
+    `Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="${b}"`,
+    "Message-Id: <20261128000000.5F1A2B3C4D@mx1.gprov.test>",
+    "",
+    "This is a MIME-encapsulated message.",
+    "",
+    `--${b}`,
+    "Content-Description: Notification",
+    "Content-Type: text/plain; charset=us-ascii",
+    "",
+    "This is the mail system at host mx1.gprov.test.",
+    "",
+    `<${o.rcpt}>: ${o.reply}`,
+    "",
+    `--${b}`,
+    "Content-Description: Delivery report",
+    "Content-Type: message/delivery-status",
+    "",
+    "Reporting-MTA: dns; mx1.gprov.test",
+    "X-Postfix-Queue-ID: 5F1A2B3C4D",
+    "",
+    `Final-Recipient: rfc822; ${o.rcpt}`,
+    `Original-Recipient: rfc822;${o.rcpt}`,
+    "Action: failed",
+    `Status: ${o.status}`,
+    "Remote-MTA: dns; mailstore.gprov.test",
+    `Diagnostic-Code: smtp; ${o.reply}`,
+    "",
+    `--${b}`,
+    "Content-Description: Undelivered Message Headers",
+    "Content-Type: text/rfc822-headers",
+    "",
+    o.original.trimEnd(),
+    "",
+    `--${b}--`,
+    "",
+  ].join("\r\n"));
+}
+
+describe("inbound", () => {
+  test("only VERP and report addresses of return-path domains are taken: no open relay", T, async () => {
+    const msg = message({ from: "x@elsewhere.test", to: ["y@other.test"], subject: "relay me" });
+    assert.match(await sendInbound("x@elsewhere.test", "someone@other.test", msg), /^550 5\.7\.1/);
+    assert.match(await sendInbound("x@elsewhere.test", "random@bounces.sender.test", msg), /^550 5\.7\.1/);
+    assert.match(await sendInbound("x@elsewhere.test", "b-00000000000000000000@bounces.unknown.test", msg), /^550 5\.7\.1/);
+  });
+
+  test("an asynchronous bounce (RFC 3464, to the VERP address) becomes a bounce event for its message and lane", T, async () => {
+    const s = await submit(relay.ctx.js, { rcpts: ["gone@acme.test"] });
+    const d = await events.waitFor((e) => e.qid === s.qid && e.type === "delivered", "delivered first");
+    const m = await delivered(pf, "gone@acme.test");
+    const original = headerText(m.raw);
+    const dsn = postfixDsn({ to: s.env.returnPath, rcpt: "gone@acme.test", reply: "550 5.1.1 <gone@acme.test>: Recipient address rejected: User unknown in virtual mailbox table", status: "5.1.1", original });
+    assert.match(await sendInbound("", s.env.returnPath, dsn), /^250/);
+    const b = await events.waitFor((e) => e.qid === s.qid && e.type === "bounced" && e.async === true, "async bounce");
+    assert.deepEqual(b.rcpts, ["gone@acme.test"]);
+    assert.equal(b.class, "invalid-recipient");
+    assert.equal(b.source, d.source, "the lane's source address, from the receiver's Received header");
+    assert.equal(b.provider, "gprov", "the provider, from the recipient domain's MX rollup");
+    assert.equal(b.domain, "sender.test");
+    assert.equal((await until("suppressed", () => suppressions().check("sender.test", "gone@acme.test"), 30_000)).scope, "global");
+  });
+
+  test("a feedback-loop report (RFC 5965 ARF) becomes a complaint for the lane and a per-domain suppression", T, async () => {
+    const s = await submit(relay.ctx.js, { rcpts: ["angry@acme.test"] });
+    await events.waitFor((e) => e.qid === s.qid && e.type === "delivered", "delivered first");
+    const m = await delivered(pf, "angry@acme.test");
+    const b = "----=_arf_1";
+    const arf = Buffer.from([
+      "From: FBL <fbl@feedback.gprov.test>",
+      "To: fbl@bounces.sender.test",
+      "Subject: FW: complaint",
+      "MIME-Version: 1.0",
+      `Content-Type: multipart/report; report-type=feedback-report; boundary="${b}"`,
+      "",
+      `--${b}`,
+      "Content-Type: text/plain",
+      "",
+      "This is an email abuse report.",
+      "",
+      `--${b}`,
+      "Content-Type: message/feedback-report",
+      "",
+      "Feedback-Type: abuse",
+      "User-Agent: gprov-fbl/1.0",
+      "Version: 1",
+      `Original-Mail-From: <${s.env.returnPath}>`,
+      "Original-Rcpt-To: <angry@acme.test>",
+      `Source-IP: ${m.clientIp}`,
+      "Reported-Domain: sender.test",
+      "",
+      `--${b}`,
+      "Content-Type: text/rfc822-headers",
+      "",
+      headerText(m.raw).trimEnd(),
+      "",
+      `--${b}--`,
+      "",
+    ].join("\r\n"));
+    assert.match(await sendInbound("fbl@feedback.gprov.test", "fbl@bounces.sender.test", arf), /^250/);
+    const c = await events.waitFor((e) => e.type === "complained" && e.qid === s.qid, "complaint");
+    assert.deepEqual(c.rcpts, ["angry@acme.test"]);
+    assert.equal(c.source, m.clientIp);
+    assert.equal(c.provider, "gprov");
+    assert.equal(c.feedbackType, "abuse");
+    const hit = await until("suppressed for the domain", () => suppressions().check("sender.test", "angry@acme.test"), 30_000);
+    assert.equal(hit.scope, "domain");
+    assert.equal(await suppressions().check("other-sender.test", "angry@acme.test"), null, "complaints suppress per sending domain only");
+    assert.ok(sum(await metric("mailfleet_complaints_total"), { source_ip: m.clientIp, provider: "gprov" }) >= 1);
+  });
+});
+
+function headerText(raw: Buffer): string {
+  const t = raw.toString("latin1");
+  const i = t.search(/\r?\n\r?\n/);
+  return (i >= 0 ? t.slice(0, i) : t).replace(/\r?\n/g, "\r\n");
+}
+
+describe("webhooks", () => {
+  test("events are POSTed signed (HMAC-SHA256) and retried until the endpoint takes them", T, async () => {
+    await applyPlan({ ...baseSpec, domains: [{ domain: "sender.test", webhooks: [{ name: "hook", url: `http://${INBOUND.host}:8089/hook`, events: ["delivered", "bounced"], keyName: "webhook.sender.test.hook" }] }] });
+    await until("webhook consumer", async () => (await relay.ctx.jsm.consumers.list("MF_EVENTS").next()).some((c) => c.name.startsWith("wh-")), 30_000);
+    const s = await submit(relay.ctx.js, { rcpts: ["hooked@acme.test"] });
+    const ok = await until("accepted POST", () => hookPosts.find((p) => p.status === 200 && JSON.parse(p.body).qid === s.qid), 120_000);
+    const tries = hookPosts.filter((p) => p.headers["mailfleet-event-id"] === ok.headers["mailfleet-event-id"]);
+    assert.equal(tries.length, 3, "two failures, then success");
+    assert.deepEqual(tries.map((p) => p.headers["mailfleet-attempt"]), ["1", "2", "3"]);
+    const ev = JSON.parse(ok.body);
+    assert.equal(ev.type, "delivered");
+    assert.deepEqual(ev.rcpts, ["hooked@acme.test"]);
+    // Verify the signature as a receiver would.
+    const sig = String(ok.headers[SIGNATURE_HEADER.toLowerCase()]);
+    const m = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(sig);
+    assert.ok(m, sig);
+    const expect = createHmac("sha256", HOOK_SECRET).update(`${m[1]}.${ok.body}`).digest();
+    assert.ok(timingSafeEqual(expect, Buffer.from(m[2]!, "hex")));
+    assert.ok(Math.abs(Date.now() / 1000 - Number(m[1])) < 300);
+    // Types the endpoint did not ask for are not sent.
+    assert.ok(hookPosts.every((p) => ["delivered", "bounced"].includes(JSON.parse(p.body).type)));
   });
 });
