@@ -2,20 +2,23 @@
 import { parse, UsageError, type Command } from "../command.ts";
 import { localUp, localDown, localStatus, defaultStateDir } from "../../test/env/local.ts";
 
-const usage = `usage: mailfleet local up [--json] [--nats-nodes 1|3] [--nodes N] [--no-operator] [--state-dir DIR]
+const usage = `usage: mailfleet local up [--json] [--nats-nodes 1|3] [--nodes N] [--no-operator] [--no-runner]
+                          [--runner-mode process|podman] [--relay-image IMG] [--state-dir DIR]
        mailfleet local down [--purge] [--state-dir DIR]
        mailfleet local status [--json] [--state-dir DIR]
 
   up      start etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (fake nodes),
-          nats-server, apply crds/*.yaml and start operator/main.ts if it exists; everything keeps
-          running after the command exits. --json prints one JSON line: kubeconfig, nats, stateDir, pids.
+          nats-server, apply crds/*.yaml, start operator/main.ts if it exists and the relay runner
+          (one relay per relay Pod on the kwok nodes: a process, or with --runner-mode podman a
+          container of --relay-image); everything keeps running after the command exits.
+          --json prints one JSON line: kubeconfig, nats, stateDir, pids.
   down    stop what \`up\` started (the state directory is kept; --purge removes it)
   status  show what runs
 
   The state directory is --state-dir, else $MAILFLEET_STATE_DIR, else .local`;
 
 export const command: Command = {
-  summary: "run the fleet locally: control plane, kwok nodes, NATS, CRDs, operator (up/down/status)",
+  summary: "run the fleet locally: control plane, kwok nodes, NATS, CRDs, operator, relays (up/down/status)",
   usage,
   async run(args) {
     const { values, positionals } = parse(args, {
@@ -23,6 +26,9 @@ export const command: Command = {
       "nats-nodes": { type: "string", default: "1" },
       nodes: { type: "string", default: "1" },
       "no-operator": { type: "boolean", default: false },
+      "no-runner": { type: "boolean", default: false },
+      "runner-mode": { type: "string", default: "process" },
+      "relay-image": { type: "string" },
       purge: { type: "boolean", default: false },
       "state-dir": { type: "string" },
     });
@@ -36,7 +42,10 @@ export const command: Command = {
       if (natsNodes !== 1 && natsNodes !== 3) throw new UsageError(`--nats-nodes must be 1 or 3, got "${values["nats-nodes"]}"`);
       const nodes = Number(values.nodes);
       if (!Number.isInteger(nodes) || nodes < 1 || nodes > 100) throw new UsageError(`--nodes must be an integer from 1 to 100, got "${values.nodes}"`);
-      const { state, alreadyUp } = await localUp({ stateDir, natsNodes, nodes, operator: !values["no-operator"] });
+      const runnerMode = values["runner-mode"];
+      if (runnerMode !== "process" && runnerMode !== "podman") throw new UsageError(`--runner-mode must be process or podman, got "${runnerMode}"`);
+      const runner = values["no-runner"] ? false as const : { mode: runnerMode as "process" | "podman", ...(values["relay-image"] ? { image: values["relay-image"] } : {}) };
+      const { state, alreadyUp } = await localUp({ stateDir, natsNodes, nodes, operator: !values["no-operator"], runner });
       if (alreadyUp) process.stderr.write(`the local fleet is already up (state in ${state.stateDir})\n`);
       if (values.json) {
         print({ ...state, alreadyUp });
@@ -47,6 +56,7 @@ export const command: Command = {
           `  server:     ${state.server}`,
           `  nats:       ${state.nats}`,
           `  operator:   ${state.operator.started ? `pid ${state.operator.pid}, log ${state.operator.log}` : `not started (${state.operator.reason})`}`,
+          `  relays:     ${state.runner?.started ? `runner pid ${state.runner.pid} (${state.runner.mode}), list in ${state.runner.registry}` : `no runner (${state.runner?.reason ?? "not recorded"})`}`,
           `  state:      ${state.stateDir}`,
           `  try:        kubectl --kubeconfig ${state.kubeconfig} get nodes`,
           "",

@@ -1,13 +1,17 @@
 // The local fleet behind `mailfleet local up/down`: a control plane with controllers, scheduler and
-// kwok nodes, NATS (1 or 3 nodes), the CRDs, and the operator, all detached from the CLI process and
-// recorded in <stateDir>/local.json so that `local down` can stop exactly what `local up` started.
+// kwok nodes, NATS (1 or 3 nodes), the CRDs, the operator, and the relay runner (runner/: it runs a
+// relay for every relay Pod on the kwok nodes), all detached from the CLI process and recorded in
+// <stateDir>/local.json so that `local down` can stop exactly what `local up` started.
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
-import { startControlPlane, applyCRDsWithKubeconfig } from "./controlplane.ts";
+import { startControlPlane, applyCRDsWithKubeconfig, defaultKwokStagesPath } from "./controlplane.ts";
 import { startNats } from "./nats.ts";
 import { startProcess, stopGroup, pidAlive, childEnv, logTail } from "./proc.ts";
+import { ensureTools } from "./tools.ts";
+import { writeRunnerKwokStages } from "./runner/kwok-stages.ts";
+import { stopLeftoverRelays } from "./runner/runner.ts";
 
 export const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
@@ -21,6 +25,8 @@ export interface LocalUpOptions {
   crdsDir?: string;
   /** Start operator/main.ts when it exists (default true). */
   operator?: boolean;
+  /** The relay runner (default: process mode); false: none (relay Pods stay fake). */
+  runner?: false | { mode?: "process" | "podman"; image?: string };
   /** Progress lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -40,6 +46,8 @@ export interface LocalState {
   commands: Record<string, string>;
   crds: string[];
   operator: { started: boolean; pid?: number; log?: string; reason?: string };
+  /** The relay runner: relays.json in registry lists the relays it runs. */
+  runner?: { started: boolean; pid?: number; mode?: "process" | "podman"; log?: string; registry?: string; reason?: string };
   logs: string;
   startedAt: string;
   stoppedAt?: string;
@@ -112,7 +120,13 @@ export async function localUp(o: LocalUpOptions = {}): Promise<{ state: LocalSta
   };
   try {
     log(`starting the control plane in ${join(stateDir, "kube")} (first run builds the Kubernetes binaries: tens of minutes)`);
-    const cp = await startControlPlane({ dir: join(stateDir, "kube"), withControllers: true, nodes: o.nodes ?? 1, detach: true });
+    // With the runner, kwok leaves relay Pods' readiness and final deletion to it.
+    let kwokConfig: string | undefined;
+    if (o.runner !== false) {
+      await ensureTools(["kwok"]);
+      kwokConfig = writeRunnerKwokStages(join(stateDir, "kwok-stages.yaml"), defaultKwokStagesPath());
+    }
+    const cp = await startControlPlane({ dir: join(stateDir, "kube"), withControllers: true, nodes: o.nodes ?? 1, detach: true, ...(kwokConfig ? { kwokConfig } : {}) });
     for (const [name, p] of Object.entries(cp.processes)) {
       pids[name] = p.pid;
       commands[name] = p.child.spawnfile;
@@ -166,6 +180,33 @@ export async function localUp(o: LocalUpOptions = {}): Promise<{ state: LocalSta
       log(`operator started (pid ${p.pid}, log ${logFile})`);
     }
 
+    const runner: NonNullable<LocalState["runner"]> = { started: false };
+    if (o.runner === false) {
+      runner.reason = "not requested (--no-runner)";
+    } else {
+      const mode = o.runner?.mode ?? "process";
+      const logFile = join(stateDir, "logs", "runner.log");
+      const runnerDir = join(stateDir, "runner");
+      const p = startProcess({
+        name: "runner",
+        command: process.execPath,
+        args: [join(PROJECT_ROOT, "test", "env", "runner", "main.ts"), "--kubeconfig", cp.kubeconfigPath, "--state-dir", runnerDir, "--mode", mode,
+          ...(o.runner?.image ? ["--image", o.runner.image] : [])],
+        logFile,
+        cwd: PROJECT_ROOT,
+        detach: true,
+        env: childEnv(),
+      });
+      pids.runner = p.pid;
+      commands.runner = process.execPath;
+      await Promise.race([p.exited, sleep(3000)]);
+      if (p.exitCode() !== undefined) {
+        throw new Error(`relay runner exited (${p.exitCode()}) right after start; last lines of ${logFile}:\n${logTail(logFile, 30)}`);
+      }
+      Object.assign(runner, { started: true, pid: p.pid, mode, log: logFile, registry: join(runnerDir, "relays.json") });
+      log(`relay runner started (${mode} mode, pid ${p.pid}, log ${logFile}); relays listed in ${runner.registry}`);
+    }
+
     const state: LocalState = {
       version: 1,
       stateDir,
@@ -178,6 +219,7 @@ export async function localUp(o: LocalUpOptions = {}): Promise<{ state: LocalSta
       commands,
       crds,
       operator,
+      runner,
       logs: join(stateDir, "kube", "logs"),
       startedAt: new Date().toISOString(),
     };
@@ -196,6 +238,16 @@ export async function localDown(o: { stateDir?: string; purge?: boolean } = {}):
   const stopped: string[] = [];
   if (state && !state.stoppedAt) {
     for (const [name, pid] of Object.entries(state.pids).reverse()) {
+      if (name === "runner") {
+        // The runner drains its relays (SIGTERM, their grace period) before it exits; relays run in
+        // their own process groups, so anything it could not stop is found by its registry.
+        if (isOurs(pid, state.commands[name])) {
+          await stopGroup(pid, 120_000);
+          stopped.push(name);
+        }
+        await stopLeftoverRelays(join(stateDir, "runner"));
+        continue;
+      }
       if (!isOurs(pid, state.commands[name])) continue;
       await stopGroup(pid);
       stopped.push(name);

@@ -1,7 +1,7 @@
 // The runner as a process, for `mailfleet local up` and `npm start`:
 //
 //   node test/env/runner/main.ts --kubeconfig FILE --state-dir DIR [--mode process|podman] [--image IMG]
-//        [--address-range CIDR] [--selector LABELS] [--nodes a,b]
+//        [--address-range CIDR] [--selector LABELS] [--nodes a,b] [--no-liveness]
 //
 // Runs until SIGTERM or SIGINT, then stops every relay it started (SIGTERM, grace period, SIGKILL)
 // and exits 0. relays.json in the state folder lists the relays while it runs.
@@ -9,7 +9,9 @@ import { parseArgs } from "node:util";
 import { startRunner } from "./runner.ts";
 
 const usage = `usage: node test/env/runner/main.ts --kubeconfig FILE --state-dir DIR [--mode process|podman] [--image IMG]
-                                   [--address-range CIDR] [--selector LABELS] [--nodes a,b]`;
+                                   [--address-range CIDR] [--selector LABELS] [--nodes a,b] [--no-liveness]
+
+  --no-liveness  do not restart relays that fail their liveness probe (a relay without /healthz)`;
 
 async function main(argv: string[]): Promise<number> {
   let values;
@@ -24,6 +26,7 @@ async function main(argv: string[]): Promise<number> {
         "address-range": { type: "string" },
         selector: { type: "string" },
         nodes: { type: "string" },
+        "no-liveness": { type: "boolean", default: false },
         help: { type: "boolean", default: false },
       },
       strict: true,
@@ -50,6 +53,7 @@ async function main(argv: string[]): Promise<number> {
     ...(values["address-range"] ? { addressRange: values["address-range"] } : {}),
     ...(values.selector ? { labelSelector: values.selector } : {}),
     ...(values.nodes ? { nodes: values.nodes.split(",").map((s) => s.trim()).filter(Boolean) } : {}),
+    liveness: !values["no-liveness"],
     log,
   });
   log(`runner up (pid ${process.pid}); relays listed in ${runner.registryFile}`);

@@ -211,9 +211,9 @@ export async function startRunner(o: RunnerOptions): Promise<Runner> {
   const addresses = new AddressPool(addressRange);
   const backoff = { initialMs: o.backoff?.initialMs ?? 10_000, maxMs: o.backoff?.maxMs ?? 300_000, resetAfterMs: o.backoff?.resetAfterMs ?? 600_000 };
   const resyncMs = o.resyncMs ?? 2000;
-  const runnerLabel = `io.mailfleet.runner.state=${createHash("sha256").update(stateDir).digest("hex").slice(0, 16)}`;
+  const runnerLabel = runnerLabelFor(stateDir);
 
-  await cleanUpLeftovers(stateDir, registryFile, mode, runnerLabel, log);
+  await cleanUpLeftovers(stateDir, mode, log);
 
   const kc = loadKubeConfig(o.kubeconfig);
   const core = kc.makeApiClient(k8s.CoreV1Api);
@@ -363,19 +363,41 @@ export async function startRunner(o: RunnerOptions): Promise<Runner> {
   };
 }
 
-/** Relays a killed runner left running (recorded in relays.json, checked by process start time). */
-async function cleanUpLeftovers(stateDir: string, registryFile: string, mode: string, runnerLabel: string, log: (l: string) => void): Promise<void> {
+/**
+ * Stops relays a runner left running when it was killed (recorded in relays.json; a pid counts only
+ * if its process start time matches, so a reused pid is never signalled) and removes its podman
+ * containers. For `mailfleet local down` and for a runner starting in the same state folder.
+ */
+export async function stopLeftoverRelays(stateDir: string, log: (l: string) => void = () => {}): Promise<number> {
+  const dir = resolve(stateDir);
   let old: RegistryFile | undefined;
-  try { old = JSON.parse(readFileSync(registryFile, "utf8")) as RegistryFile; } catch { /* first run */ }
+  try { old = JSON.parse(readFileSync(join(dir, "relays.json"), "utf8")) as RegistryFile; } catch { /* none */ }
+  let n = 0;
   for (const r of old?.relays ?? []) {
     if (!r.pid || !r.pidStart || r.mode !== "process") continue;
     if (pidAlive(r.pid) && processStart(r.pid) === r.pidStart) {
       log(`stopping relay ${r.namespace}/${r.pod} (pid ${r.pid}) left by a previous runner`);
       await stopGroup(r.pid, 10_000);
+      n++;
     }
   }
-  if (mode === "podman" || old?.mode === "podman") {
-    for (const n of await removeLeftoverContainers(runnerLabel)) log(`removed container ${n} left by a previous runner`);
+  if (old?.mode === "podman") {
+    for (const name of await removeLeftoverContainers(runnerLabelFor(dir))) {
+      log(`removed container ${name} left by a previous runner`);
+      n++;
+    }
+  }
+  return n;
+}
+
+function runnerLabelFor(stateDir: string): string {
+  return `io.mailfleet.runner.state=${createHash("sha256").update(stateDir).digest("hex").slice(0, 16)}`;
+}
+
+async function cleanUpLeftovers(stateDir: string, mode: string, log: (l: string) => void): Promise<void> {
+  await stopLeftoverRelays(stateDir, log);
+  if (mode === "podman") {
+    for (const n of await removeLeftoverContainers(runnerLabelFor(stateDir))) log(`removed container ${n} left by a previous runner`);
   }
   // Volumes of Pods from before (Secrets must not linger on disk); logs stay for post-mortems.
   rmSync(join(stateDir, "pods"), { recursive: true, force: true });
