@@ -1017,7 +1017,8 @@ class PodRelay {
         type, status,
         lastProbeTime: null,
         lastTransitionTime: old?.status === status && old.lastTransitionTime ? seconds(old.lastTransitionTime) : seconds(new Date()),
-        ...(allReady ? {} : { reason: "ContainersNotReady", message: `containers with unready status: [${unready.join(" ")}]` }),
+        // null removes a field in a strategic merge patch: a True condition carries no reason.
+        ...(allReady ? { reason: null, message: null } : { reason: "ContainersNotReady", message: `containers with unready status: [${unready.join(" ")}]` }),
       };
     };
     const body = { status: { conditions: [condition("ContainersReady"), condition("Ready")], containerStatuses: statuses, ...(phase ? { phase } : {}) } };
