@@ -40,6 +40,8 @@ export const relayEnv = z.object({
   /** Replicas of the mail streams: 1 (single NATS node, fsync before 250) or 3 (quorum before 250). */
   MAILFLEET_STREAM_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
   MAILFLEET_LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
+  /** Lane limits: fleet = shared by every relay over NATS (relay/shaper/fleet.ts); local = per relay (tests, development). */
+  MAILFLEET_SHAPER: z.enum(["fleet", "local"]).default("fleet"),
 });
 export type RelayConfig = z.output<typeof relayEnv>;
 
