@@ -297,7 +297,7 @@ export async function ensureBaseImage(o: { log?: (l: string) => void } = {}): Pr
       "",
     ].join("\n"));
     log(`buildah bud ${image}`);
-    await must("buildah", [...STORAGE, "bud", "--pull=never", "--isolation", "chroot", "--format", "docker", "--force-rm", "-f", join(work, "Containerfile"), "-t", image, work], { timeoutMs: 600_000 });
+    await must("buildah", [...STORAGE, "bud", "--pull=never", "--isolation", "chroot", "--format", "docker", "--no-cache", "--force-rm", "-f", join(work, "Containerfile"), "-t", image, work], { timeoutMs: 600_000 });
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
@@ -319,7 +319,7 @@ export async function buildImage(kind: ImageKind, o: { base: string; tag?: strin
   const image = o.tag ?? `localhost/mailfleet-${kind}:dev`;
   const previous = (await exec("podman", podmanArgs("image", "inspect", "--format", "{{.Id}}", image))).stdout.trim();
   const started = Date.now();
-  const r = await exec("buildah", [...STORAGE, "bud", "--pull=never", "--isolation", "chroot", "--format", "docker", "--force-rm",
+  const r = await exec("buildah", [...STORAGE, "bud", "--pull=never", "--isolation", "chroot", "--format", "docker", "--no-cache", "--force-rm",
     "-f", join(PROJECT_ROOT, kind, "Dockerfile"), "-t", image, "--build-arg", `NODE_IMAGE=${o.base}`, PROJECT_ROOT],
   { timeoutMs: o.timeoutMs ?? 1_200_000, onLine: o.log });
   if (r.code !== 0) throw new ImageError(`building ${kind}/Dockerfile failed (exit ${r.code})`, r.stderr + r.stdout);
