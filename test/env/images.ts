@@ -116,7 +116,7 @@ export function nodeBinary(): string {
 
 /** The global npm (pure JavaScript, runs on any Node >= 20.17), to give the base image its `npm`. */
 export function npmDir(): string {
-  for (const d of [process.env.MAILFLEET_NPM_DIR, "/usr/lib/node_modules/npm", "/usr/local/lib/node_modules/npm"]) {
+  for (const d of [process.env.MAILFLEET_NPM_DIR, "/usr/lib/node_modules/npm", "/usr/local/lib/node_modules/npm", "/usr/share/nodejs/npm"]) {
     if (d && existsSync(join(d, "bin", "npm-cli.js"))) return d;
   }
   throw new ImageError("no npm found to put in the base image: set MAILFLEET_NPM_DIR to an npm package folder (one with bin/npm-cli.js)");
