@@ -24,8 +24,11 @@ import { WebhookDispatcher } from "./webhooks/dispatcher.ts";
  * the listeners that feed it; delivery-side components go after the plan watcher.
  */
 export function components(): Component[] {
+  // Acceptance (relay/accept) feeds the queues; its listeners come last so they stop first.
+  const acceptor = new Acceptor();
   return [
     new PlanWatcher(),
+    acceptor,
     // Delivery side (relay/DELIVERY.md): route stage, lane scheduler, queue metrics, inbound
     // listener for bounces and feedback reports (MAILFLEET_INBOUND_PORT, 0 = none), webhooks.
     new RouteStage(),
@@ -33,6 +36,8 @@ export function components(): Component[] {
     new QueueMetrics(),
     new InboundServer(),
     new WebhookDispatcher(),
+    new SubmissionServer(acceptor, { earlyTalkerDelay: false }),
+    new HttpServer(acceptor),
   ];
 }
 
