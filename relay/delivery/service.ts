@@ -210,7 +210,7 @@ export class Delivery implements Component {
       const lanes = this.#lanes(loop.provider);
       const now = this.#ctx.clock.now();
       let wait = 5000;
-      const grants: { lane: LaneRef; slots: number[] }[] = [];
+      const grants: { lane: LaneRef; slots: number[]; grace: number }[] = [];
       const order = lanes.map((_, i) => lanes[(i + rotate) % lanes.length]!);
       rotate++;
       for (const lane of order) {
@@ -222,7 +222,7 @@ export class Delivery implements Component {
         const free = v.maxConnections - (this.#busy.get(laneId(lane)) ?? 0);
         if (free <= 0) continue;
         const g = await this.#limiter.acquire(lane, Math.min(free, this.#o.batch ?? 16));
-        if (g.slots.length) grants.push({ lane, slots: g.slots });
+        if (g.slots.length) grants.push({ lane, slots: g.slots, grace: g.graceMs ?? 250 });
         else wait = Math.min(wait, g.retryAt - now);
       }
       const total = grants.reduce((n, g) => n + g.slots.length, 0);
@@ -231,18 +231,28 @@ export class Delivery implements Component {
         continue;
       }
       // Earliest slots first, whichever lane they belong to.
-      const queue = grants.flatMap((g) => g.slots.map((slot) => ({ lane: g.lane, slot }))).sort((a, b) => a.slot - b.slot);
+      const queue = grants.flatMap((g) => g.slots.map((slot) => ({ lane: g.lane, slot, grace: g.grace }))).sort((a, b) => a.slot - b.slot);
       let used = 0;
+      const passed: typeof queue = [];
       try {
         const iter = await consumer.fetch({ max_messages: total, expires: 2000 });
         loop.fetch = iter;
         for await (const m of iter) {
-          const next = queue[used++];
-          if (!next || loop.stopped || this.#stopping) {
+          if (loop.stopped || this.#stopping) {
             m.nak();
             continue;
           }
-          this.#dispatch(m, next.lane, next.slot);
+          // Slots that passed while the fetch waited are not saved up (that would be a burst):
+          // they go back, and a message that finds none left takes a fresh one when it starts.
+          const now = this.#ctx.clock.now();
+          let stale: (typeof queue)[number] | undefined;
+          while (queue[used] && queue[used]!.slot + queue[used]!.grace < now) {
+            stale = queue[used++];
+            passed.push(stale);
+          }
+          const next = queue[used];
+          if (next) used++;
+          this.#dispatch(m, (next ?? stale ?? queue[queue.length - 1]!).lane, next ? next.slot : null);
         }
       } catch (err) {
         if (!loop.stopped && !this.#stopping) {
@@ -254,7 +264,7 @@ export class Delivery implements Component {
         loop.fetch = undefined;
         // Slots nobody used go back to the limiter (quota and, when they were last, the rate).
         const unused = new Map<string, { lane: LaneRef; slots: number[] }>();
-        for (const q of queue.slice(used)) {
+        for (const q of [...passed, ...queue.slice(used)]) {
           const u = unused.get(laneId(q.lane)) ?? { lane: q.lane, slots: [] };
           u.slots.push(q.slot);
           unused.set(laneId(q.lane), u);
@@ -264,7 +274,7 @@ export class Delivery implements Component {
     }
   }
 
-  #dispatch(m: JsMsg, lane: LaneRef, slot: number): void {
+  #dispatch(m: JsMsg, lane: LaneRef, slot: number | null): void {
     const id = laneId(lane);
     this.#busy.set(id, (this.#busy.get(id) ?? 0) + 1);
     const p = this.#deliver(m, lane, slot)
@@ -277,10 +287,27 @@ export class Delivery implements Component {
     this.#inflight.add(p);
   }
 
-  async #deliver(m: JsMsg, lane: LaneRef, slot: number): Promise<void> {
+  /** Waits for a fresh send slot; null when the lane closed meanwhile (or the relay drains). */
+  async #slot(lane: LaneRef): Promise<number | null> {
+    for (;;) {
+      if (this.#stopping) return null;
+      if (!this.#limiter.view(lane).sendable) return null;
+      const g = await this.#limiter.acquire(lane, 1);
+      if (g.slots.length) return g.slots[0]!;
+      await sleep(Math.min(5000, Math.max(20, g.retryAt - this.#ctx.clock.now())));
+    }
+  }
+
+  async #deliver(m: JsMsg, lane: LaneRef, given: number | null): Promise<void> {
     const ackWait = this.#o.ackWaitMs ?? ACK_WAIT_MS;
     const keepalive = setInterval(() => m.working(), Math.max(1000, ackWait / 3));
     try {
+      const slot = given ?? (await this.#slot(lane));
+      if (slot === null) {
+        // The lane closed before this one could start: back to the stream for whoever can send.
+        m.nak(this.#stopping ? 0 : 1000);
+        return;
+      }
       const wait = slot - this.#ctx.clock.now();
       if (wait > 0) await sleep(wait);
       if (this.#stopping) {

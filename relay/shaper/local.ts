@@ -5,7 +5,7 @@
 // so both count the same way.
 import type { LanePlan, Plan, PoolPlan, ProviderPlan } from "../../api/plan.ts";
 import { applyRule, effective, matchRule, messageEffect, recoveryOf, settle, type Adjustment, type Effective } from "./rules.ts";
-import { intervalMs, release as releaseSlots, reserve, windowStart, type SlotLimit, type SlotState } from "./slots.ts";
+import { graceFor, intervalMs, release as releaseSlots, reserve, windowStart, type SlotLimit, type SlotState } from "./slots.ts";
 import { laneId, type ConnectionLease, type Grant, type LaneLimiter, type LaneRef, type LaneView, type Observation, type RuleEffect } from "./types.ts";
 import type { PlanRule } from "../../api/plan.ts";
 
@@ -185,7 +185,7 @@ export class LocalLaneLimiter implements LaneLimiter {
       slots = slots.map((t, i) => Math.max(t, pSlots![i]!));
       if (pSlots.length > slots.length) ps.slots = this.#rewind(ps.slots, pLimit!, pSlots.slice(slots.length));
     }
-    return { slots, retryAt: slots.length ? Math.max(now, r.retryAt) : Math.max(r.retryAt, retryAt) };
+    return { slots, retryAt: slots.length ? Math.max(now, r.retryAt) : Math.max(r.retryAt, retryAt), graceMs: Math.max(50, graceFor(limit)) };
   }
 
   /** Returns unused slots to the quota windows and, when they are the chain's tail, to the rate. */
@@ -193,8 +193,13 @@ export class LocalLaneLimiter implements LaneLimiter {
     if (!slots.length) return state;
     const next = releaseSlots(state, limit, slots);
     const interval = intervalMs(limit);
-    const last = Math.max(...slots);
-    if (interval > 0 && Math.abs(last + interval - state.tat) < 1) next.tat = Math.max(this.#now(), Math.min(...slots));
+    if (interval <= 0) return next;
+    // Only the released slots that end the chain (contiguous up to tat) can be handed out again;
+    // slots released from the middle (spent ones lie after them) are simply lost capacity.
+    const sorted = [...slots].sort((a, b) => a - b);
+    let start = state.tat;
+    for (let i = sorted.length - 1; i >= 0 && Math.abs(sorted[i]! + interval - start) < 1; i--) start = sorted[i]!;
+    if (start < state.tat) next.tat = Math.max(this.#now(), start);
     return next;
   }
 

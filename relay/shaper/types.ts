@@ -27,6 +27,11 @@ export function laneId(l: LaneRef): string {
 export interface Grant {
   slots: number[];
   retryAt: number;
+  /**
+   * How late a slot may still be spent (default 250 ms). A slot missed by more is given back and
+   * a new one taken: slots saved up and spent together would be a burst over the rate.
+   */
+  graceMs?: number;
 }
 
 /** A connection slot; held while the SMTP connection is open, released when it closes. */

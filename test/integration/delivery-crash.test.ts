@@ -5,7 +5,7 @@
 //
 // Envelopes are put into NATS the way acceptance stores them (its SMTP path is tested in
 // test/integration/relay/durability.test.ts).
-// Addresses: MX 127.0.33.1, source 127.0.33.10, relay listeners 127.0.32.1, DNS 127.0.53.31.
+// Addresses: MX 127.0.73.1, source 127.0.73.10, relay listeners 127.0.72.1, DNS 127.0.53.73.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
@@ -22,8 +22,8 @@ import { createLogger } from "../../relay/runtime/logger.ts";
 import { makePlan, publishPlan, submit, until, POOL } from "./delivery-harness.ts";
 
 const T = { timeout: 600_000 };
-const HOST = "127.0.32.1";
-const SOURCE = { address: "127.0.33.10", hostname: "out.crash.test" };
+const HOST = "127.0.72.1";
+const SOURCE = { address: "127.0.73.10", hostname: "out.crash.test" };
 const ROOT = join(import.meta.dirname, "..", "..");
 
 let base: string;
@@ -38,13 +38,13 @@ before(async () => {
   nats = await startNats({ dir: join(base, "nats"), syncAlways: true });
   dns = await startDns({
     dir: join(base, "dns"),
-    address: "127.0.53.31",
+    address: "127.0.53.73",
     records: [
       { type: "MX", name: "crash.test", value: "mx.crash.test" },
-      { type: "A", name: "mx.crash.test", value: "127.0.33.1" },
+      { type: "A", name: "mx.crash.test", value: "127.0.73.1" },
     ],
   });
-  pf = await startPostfix({ dir: join(base, "postfix"), domains: ["crash.test"], listeners: [{ address: "127.0.33.1", hostname: "mx.crash.test" }] });
+  pf = await startPostfix({ dir: join(base, "postfix"), domains: ["crash.test"], listeners: [{ address: "127.0.73.1", hostname: "mx.crash.test" }] });
   nc = await connect({ servers: nats.urls });
   const js = jetstream(nc);
   const jsm = await jetstreamManager(nc);

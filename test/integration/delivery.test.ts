@@ -3,7 +3,7 @@
 // MTA-STS policies and python3-dkim on the receiving side. Envelopes and bodies are put into NATS
 // the way acceptance stores them.
 //
-// Addresses: relay sources 127.0.31.1-2, MX hosts 127.0.30.x, DNS 127.0.53.30, policy 127.0.30.20.
+// Addresses: relay sources 127.0.71.1-2, MX hosts 127.0.70.x, DNS 127.0.53.70, policy 127.0.70.20.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
@@ -37,8 +37,8 @@ import type { Plan } from "../../api/plan.ts";
 import { eventLog, makePlan, message, publishPlan, submit, until, POOL, type PlanSpec } from "./delivery-harness.ts";
 
 const T = { timeout: 300_000 };
-const OUT1 = { address: "127.0.31.1", hostname: "out1.sender.test" };
-const OUT2 = { address: "127.0.31.2", hostname: "out2.sender.test" };
+const OUT1 = { address: "127.0.71.1", hostname: "out1.sender.test" };
+const OUT2 = { address: "127.0.71.2", hostname: "out2.sender.test" };
 
 let base: string;
 let nats: Nats;
@@ -50,7 +50,7 @@ let policyServer: Server;
 let hookServer: import("node:http").Server;
 const hookPosts: { body: string; headers: IncomingMessage["headers"]; status: number }[] = [];
 const HOOK_SECRET = "whsec-test-0123456789";
-const INBOUND = { host: "127.0.31.9", port: 2525 };
+const INBOUND = { host: "127.0.71.9", port: 2525 };
 let events: Awaited<ReturnType<typeof eventLog>>;
 let delivery: Delivery;
 let plan: Plan;
@@ -62,33 +62,33 @@ const records: DnsRecord[] = [
   { type: "MX", name: "acme.test", value: "mx1.gprov.test", priority: 10 },
   { type: "MX", name: "globex.test", value: "mx1.gprov.test", priority: 5 },
   { type: "MX", name: "globex.test", value: "backup.secondary.test", priority: 50 },
-  { type: "A", name: "mx1.gprov.test", value: "127.0.30.1" },
-  { type: "A", name: "backup.secondary.test", value: "127.0.30.2" },
+  { type: "A", name: "mx1.gprov.test", value: "127.0.70.1" },
+  { type: "A", name: "backup.secondary.test", value: "127.0.70.2" },
   { type: "MX", name: "other.test", value: "mx.other.test" },
   { type: "MX", name: "sender.test", value: "mx.other.test" },
-  { type: "A", name: "mx.other.test", value: "127.0.30.2" },
+  { type: "A", name: "mx.other.test", value: "127.0.70.2" },
   { type: "MX", name: "tls-req.test", value: "mx.tls.test" },
-  { type: "A", name: "mx.tls.test", value: "127.0.30.3" },
+  { type: "A", name: "mx.tls.test", value: "127.0.70.3" },
   { type: "MX", name: "opp.test", value: "mx.opp.test" },
-  { type: "A", name: "mx.opp.test", value: "127.0.30.4" },
+  { type: "A", name: "mx.opp.test", value: "127.0.70.4" },
   // MTA-STS: sts.test enforces and its MX offers TLS; sts-plain.test enforces but its MX does not.
   { type: "MX", name: "sts.test", value: "mx.sts.test" },
-  { type: "A", name: "mx.sts.test", value: "127.0.30.5" },
+  { type: "A", name: "mx.sts.test", value: "127.0.70.5" },
   { type: "TXT", name: "_mta-sts.sts.test", value: "v=STSv1; id=20260101" },
-  { type: "A", name: "mta-sts.sts.test", value: "127.0.30.20" },
+  { type: "A", name: "mta-sts.sts.test", value: "127.0.70.20" },
   { type: "MX", name: "sts-plain.test", value: "mxplain.sts-plain.test" },
-  { type: "A", name: "mxplain.sts-plain.test", value: "127.0.30.6" },
+  { type: "A", name: "mxplain.sts-plain.test", value: "127.0.70.6" },
   { type: "TXT", name: "_mta-sts.sts-plain.test", value: "v=STSv1; id=1" },
-  { type: "A", name: "mta-sts.sts-plain.test", value: "127.0.30.20" },
+  { type: "A", name: "mta-sts.sts-plain.test", value: "127.0.70.20" },
   { type: "MX", name: "retry.test", value: "mx.retry.test" },
-  { type: "A", name: "mx.retry.test", value: "127.0.30.7" },
+  { type: "A", name: "mx.retry.test", value: "127.0.70.7" },
   { type: "MX", name: "busy.test", value: "mx.busy.test" },
-  { type: "A", name: "mx.busy.test", value: "127.0.30.8" },
+  { type: "A", name: "mx.busy.test", value: "127.0.70.8" },
   { type: "MX", name: "limited.test", value: "mx.limited.test" },
-  { type: "A", name: "mx.limited.test", value: "127.0.30.10" },
+  { type: "A", name: "mx.limited.test", value: "127.0.70.10" },
   { type: "MX", name: "nullmx.test", value: "." },
   // implicit MX: no MX record, an address
-  { type: "A", name: "implicit.test", value: "127.0.30.2" },
+  { type: "A", name: "implicit.test", value: "127.0.70.2" },
   { type: "MX", name: "late.test", value: "mx.other.test" },
   { type: "TXT", name: "s1._domainkey.sender.test", value: `v=DKIM1; k=rsa; p=${dkimKey.publicKey.export({ type: "spki", format: "der" }).toString("base64")}` },
 ];
@@ -121,33 +121,33 @@ before(async () => {
   base = await mkdtemp(join(tmpdir(), "mailfleet-delivery-"));
   await chmod(base, 0o755);
   nats = await startNats({ dir: join(base, "nats") });
-  dns = await startDns({ dir: join(base, "dns"), address: "127.0.53.30", records });
+  dns = await startDns({ dir: join(base, "dns"), address: "127.0.53.70", records });
   pf = await startPostfix({
     dir: join(base, "postfix"),
     domains: ["acme.test", "globex.test", "other.test", "sender.test", "tls-req.test", "opp.test", "sts.test", "sts-plain.test", "retry.test", "busy.test", "implicit.test", "late.test", "notls.test"],
     listeners: [
       {
-        address: "127.0.30.1",
+        address: "127.0.70.1",
         hostname: "mx1.gprov.test",
         rejectRecipients: [
           { pattern: /^unknown-/, reply: "550 5.1.1 The email account that you tried to reach does not exist" },
           { pattern: /^busy-/, reply: "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages" },
         ],
       },
-      { address: "127.0.30.2", hostname: "mx.other.test" },
-      { address: "127.0.30.3", hostname: "mx.tls.test", requireTls: true },
-      { address: "127.0.30.4", hostname: "mx.opp.test", tlsOffered: true },
-      { address: "127.0.30.5", hostname: "mx.sts.test", tlsOffered: true },
-      { address: "127.0.30.6", hostname: "mxplain.sts-plain.test" },
-      { address: "127.0.30.7", hostname: "mx.retry.test" },
-      { address: "127.0.30.8", hostname: "mx.busy.test", rejectRecipients: [{ pattern: /.*/, reply: "452 4.2.2 Mailbox full, try later" }] },
+      { address: "127.0.70.2", hostname: "mx.other.test" },
+      { address: "127.0.70.3", hostname: "mx.tls.test", requireTls: true },
+      { address: "127.0.70.4", hostname: "mx.opp.test", tlsOffered: true },
+      { address: "127.0.70.5", hostname: "mx.sts.test", tlsOffered: true },
+      { address: "127.0.70.6", hostname: "mxplain.sts-plain.test" },
+      { address: "127.0.70.7", hostname: "mx.retry.test" },
+      { address: "127.0.70.8", hostname: "mx.busy.test", rejectRecipients: [{ pattern: /.*/, reply: "452 4.2.2 Mailbox full, try later" }] },
     ],
   });
   // Anvil limits per client: a second instance, its own time unit.
   limited = await startPostfix({
     dir: join(base, "postfix-limited"),
     domains: ["limited.test"],
-    listeners: [{ address: "127.0.30.10", hostname: "mx.limited.test", limits: { messageRatePerUnit: 6, connectionCountLimit: 3, rateTimeUnit: "30s" } }],
+    listeners: [{ address: "127.0.70.10", hostname: "mx.limited.test", limits: { messageRatePerUnit: 6, connectionCountLimit: 3, rateTimeUnit: "30s" } }],
   });
 
   // The MTA-STS policy host: HTTPS with a certificate from a test CA the relay is told to trust.
@@ -159,7 +159,7 @@ before(async () => {
     res.writeHead(200, { "content-type": "text/plain" });
     res.end(`version: STSv1\r\nmode: enforce\r\nmx: ${mx}\r\nmax_age: 86400\r\n`);
   });
-  await new Promise<void>((r) => policyServer.listen(443, "127.0.30.20", r));
+  await new Promise<void>((r) => policyServer.listen(443, "127.0.70.20", r));
 
   // Webhook receiver: fails the first two POSTs of each event, then takes it.
   const seen = new Map<string, number>();
@@ -232,8 +232,8 @@ describe("routing", () => {
     assert.equal(b.provider, "gprov", "a backup MX at a higher preference does not break the rollup");
     assert.equal(c.provider, "default");
     assert.equal(d.provider, "default");
-    assert.equal((await delivered(pf, "bea@globex.test")).listener, "127.0.30.1", "the lowest preference MX gets the mail");
-    assert.equal((await delivered(pf, "dee@implicit.test")).listener, "127.0.30.2");
+    assert.equal((await delivered(pf, "bea@globex.test")).listener, "127.0.70.1", "the lowest preference MX gets the mail");
+    assert.equal((await delivered(pf, "dee@implicit.test")).listener, "127.0.70.2");
     assert.deepEqual(new Set([a.part, b.part, c.part, d.part]).size, 4, "one part per recipient domain");
   });
 
@@ -319,7 +319,7 @@ describe("outcomes", () => {
   });
 
   test("4xx: deferred, then delivered on a later try", T, async () => {
-    for (const a of [OUT1.address, OUT2.address]) await pf.setClientReply(a, "450 4.3.2 Service currently unavailable, try again later", { listener: "127.0.30.7" });
+    for (const a of [OUT1.address, OUT2.address]) await pf.setClientReply(a, "450 4.3.2 Service currently unavailable, try again later", { listener: "127.0.70.7" });
     let s;
     try {
       s = await submit(relay.ctx.js, { rcpts: ["later@retry.test"] });
@@ -327,7 +327,7 @@ describe("outcomes", () => {
       assert.equal(d.attempts, 1);
       assert.ok(d.retryAt);
     } finally {
-      for (const a of [OUT1.address, OUT2.address]) await pf.clearClientReply(a, { listener: "127.0.30.7" });
+      for (const a of [OUT1.address, OUT2.address]) await pf.clearClientReply(a, { listener: "127.0.70.7" });
     }
     const e = await events.waitFor((x) => x.qid === s.qid && x.type === "delivered", "delivered on retry");
     assert.ok(e.attempts >= 2);
@@ -410,7 +410,7 @@ describe("lanes", () => {
     const msgs = await limited.waitForMessages(16);
     assert.deepEqual(new Set(msgs.map((m) => m.clientIp)), new Set([OUT1.address, OUT2.address]), "both lanes sent");
     const gauge = await metric("mailfleet_lane_connections");
-    assert.match(gauge, /source_ip="127\.0\.31\.[12]",provider="lim"|provider="lim".*source_ip/);
+    assert.match(gauge, /source_ip="127\.0\.71\.[12]",provider="lim"|provider="lim".*source_ip/);
     await until("queue depth gauge back at 0", async () => /mailfleet_queue_depth\{[^}]*provider="lim"[^}]*\} 0/.test(await metric("mailfleet_queue_depth")), 30_000);
   });
 
@@ -440,7 +440,7 @@ describe("lanes", () => {
     const gprov = { ...baseSpec.providers[0]!, rules };
     // Only out2 may send to gprov at first, so the first message meets the 421.
     await applyPlan({ ...baseSpec, providers: [gprov, baseSpec.providers[1]!], lanes: { [`${OUT1.address}/gprov`]: { state: "Paused" } } });
-    await pf.setClientReply(OUT2.address, "421 4.7.28 Gmail has detected an unusual rate of unsolicited mail originating from your IP address", { listener: "127.0.30.1" });
+    await pf.setClientReply(OUT2.address, "421 4.7.28 Gmail has detected an unusual rate of unsolicited mail originating from your IP address", { listener: "127.0.70.1" });
     try {
       const s = await submit(relay.ctx.js, { rcpts: ["rule1@acme.test"] });
       const d = await events.waitFor((e) => e.qid === s.qid && e.type === "deferred", "deferred by 421");
@@ -460,14 +460,14 @@ describe("lanes", () => {
       }
       for (const r of ["rule1@acme.test", "rule2@acme.test", "rule3@acme.test", "rule4@acme.test"]) assert.equal((await delivered(pf, r)).clientIp, OUT1.address);
     } finally {
-      await pf.clearClientReply(OUT2.address, { listener: "127.0.30.1" });
+      await pf.clearClientReply(OUT2.address, { listener: "127.0.70.1" });
     }
   });
 });
 
 /** Sends a message to the relay's inbound listener; resolves with the reply or the error's reply. */
 async function sendInbound(from: string, to: string, raw: Buffer): Promise<string> {
-  const t = nodemailer.createTransport({ host: INBOUND.host, port: INBOUND.port, ignoreTLS: true, localAddress: "127.0.30.1", name: "mx1.gprov.test" });
+  const t = nodemailer.createTransport({ host: INBOUND.host, port: INBOUND.port, ignoreTLS: true, localAddress: "127.0.70.1", name: "mx1.gprov.test" });
   try {
     return (await t.sendMail({ envelope: { from, to: [to] }, raw })).response;
   } catch (err) {

@@ -159,3 +159,14 @@ test("provider-wide message rate applies across lanes", async () => {
   assert.ok("release" in c);
   assert.ok("retryAt" in (await l.connect(lane)), "provider connection cap");
 });
+
+test("release: only the chain's tail is handed out again; slots from the middle are lost", async () => {
+  const now = 0;
+  const l = new LocalLaneLimiter({ now: () => now, horizonMs: 5000 });
+  l.setPlan(plan());
+  const g = await l.acquire(lane, 4);
+  assert.deepEqual(g.slots, [0, 1000, 2000, 3000]);
+  assert.ok((g.graceMs ?? 0) > 0);
+  l.release(lane, [0, 2000, 3000]); // 1000 was spent
+  assert.deepEqual((await l.acquire(lane, 1)).slots, [2000], "never before the spent slot's successor");
+});
