@@ -23,6 +23,7 @@ import { createLogger } from "../../../relay/runtime/logger.ts";
 import { decodeEnvelope, type Envelope } from "../../../relay/queue/envelope.ts";
 import { STREAM_BODY, STREAM_QUEUE, STREAM_EVENTS } from "../../../relay/queue/topology.ts";
 import { startNats, type Nats } from "../../env/nats.ts";
+import { freePort, startProcess, type ManagedProcess } from "../../env/proc.ts";
 import { createCA, issueCert } from "../../env/pki.ts";
 import type { DnsRecord } from "../../env/peers/dns.ts";
 
@@ -136,6 +137,8 @@ export async function startRelayFixture(t: TestContext, o: {
   tls?: boolean;
   unsubscribeKey?: boolean;
   env?: Record<string, string>;
+  /** smtp-server's 100 ms pause before the greeting (main.ts turns it off). */
+  earlyTalkerDelay?: boolean;
 }): Promise<RelayFixture> {
   const dir = mkdtempSync(join(tmpdir(), "mf-relay-"));
   const nats = await startNats({ dir: join(dir, "nats"), nodes: o.nodes ?? 1, syncAlways: true });
@@ -172,7 +175,7 @@ export async function startRelayFixture(t: TestContext, o: {
     MAILFLEET_MAX_MESSAGE_SIZE: "2Mi", MAILFLEET_LOG_LEVEL: "debug", ...(o.env ?? {}),
   });
   const acceptor = new Acceptor();
-  const submission = new SubmissionServer(acceptor, { earlyTalkerDelay: false });
+  const submission = new SubmissionServer(acceptor, { earlyTalkerDelay: o.earlyTalkerDelay ?? false });
   const http = new HttpServer(acceptor);
   const relay = await startRelay({
     config,
@@ -222,4 +225,48 @@ export async function startRelayFixture(t: TestContext, o: {
       return (await jsm.streams.info(stream)).state.messages;
     },
   };
+}
+
+export interface RelayProcess {
+  proc: ManagedProcess;
+  submissionPort: number;
+  httpPort: number;
+  logFile: string;
+}
+
+/**
+ * The relay as its own process (`node relay/main.ts`), as a Pod runs it: for SIGKILL and SIGTERM
+ * tests. Uses the fixture's NATS, Secret and TLS directories; waits for /readyz.
+ */
+export async function startRelayProcess(t: TestContext, f: RelayFixture, o: { name?: string; env?: Record<string, string> } = {}): Promise<RelayProcess> {
+  const submissionPort = await freePort(f.host);
+  const httpPort = await freePort(f.host);
+  const name = o.name ?? "relay-proc";
+  const logFile = join(f.dir, `${name}.log`);
+  const root = join(import.meta.dirname, "..", "..", "..");
+  const proc = startProcess({
+    name, command: join(root, "node_modules", ".bin", "node"), args: [join(root, "relay", "main.ts")], logFile, cwd: root,
+    env: {
+      ...process.env,
+      // A relay of another pool: it accepts for the plan's domains (their pool is mail/pool-a, so
+      // envelopes go to pool-a's queue) while its own delivery side works on pool-b's queue and
+      // leaves what this test checks alone. No inbound listener.
+      MAILFLEET_NATS_URL: f.nats.urls.join(","), MAILFLEET_POOL: "mail/pool-b", MAILFLEET_RELAY_ID: name, MAILFLEET_INBOUND_PORT: "0",
+      MAILFLEET_SECRETS_DIR: f.secretsDir, MAILFLEET_TLS_DIR: f.tlsDir, MAILFLEET_LISTEN_ADDRESS: f.host,
+      MAILFLEET_SUBMISSION_PORT: String(submissionPort), MAILFLEET_HTTP_PORT: String(httpPort),
+      MAILFLEET_STREAM_REPLICAS: String(f.relay.ctx.config.MAILFLEET_STREAM_REPLICAS), MAILFLEET_MAX_MESSAGE_SIZE: "2Mi", MAILFLEET_LOG_LEVEL: "info",
+      ...(o.env ?? {}),
+    },
+  });
+  t.after(() => proc.stop(5000));
+  await eventually(`${name} /readyz`, async () => {
+    if (proc.exitCode() !== undefined) throw new Error(`${name} exited: ${proc.exitCode()}`);
+    const { request } = await import("node:http");
+    return new Promise<boolean>((resolve) => {
+      const req = request({ host: f.host, port: httpPort, path: "/readyz", agent: false, timeout: 2000 }, (res) => { res.resume(); resolve(res.statusCode === 200); });
+      req.on("error", () => resolve(false));
+      req.end();
+    });
+  }, 60_000);
+  return { proc, submissionPort, httpPort, logFile };
 }
