@@ -51,10 +51,15 @@ export class BodyStore {
     let body: Buffer;
     const r = refOf(ref);
     if ("subject" in r) {
-      const m = await this.#jsm.streams.getMessage(STREAM_BODY, { last_by_subj: r.subject }).catch((e: Error) => {
+      // Direct get (MF_BODY allows it) is answered by any replica without the leader's API
+      // queue; a replica that has not caught up yet answers "not found", so the leader is asked
+      // before the body is declared missing.
+      const notFound = (e: Error) => {
         if (/no message found|not found/i.test(e.message)) return null;
         throw e;
-      });
+      };
+      let m: { data: Uint8Array } | null = await this.#jsm.direct.getMessage(STREAM_BODY, { last_by_subj: r.subject }).catch(notFound);
+      m ??= await this.#jsm.streams.getMessage(STREAM_BODY, { last_by_subj: r.subject }).catch(notFound);
       if (!m) throw new BodyNotFound(r.subject);
       body = Buffer.from(m.data);
     } else {

@@ -277,12 +277,20 @@ export class Delivery implements Component {
   #dispatch(m: JsMsg, lane: LaneRef, slot: number | null): void {
     const id = laneId(lane);
     this.#busy.set(id, (this.#busy.get(id) ?? 0) + 1);
-    const p = this.#deliver(m, lane, slot)
+    let freed = false;
+    // The lane's connection is busy from dispatch until the SMTP transaction ends; recording the
+    // outcome and acking happen after, while the connection already carries the next message.
+    const free = () => {
+      if (freed) return;
+      freed = true;
+      this.#busy.set(id, (this.#busy.get(id) ?? 1) - 1);
+      this.#loops.get(lane.provider)?.wake.fire();
+    };
+    const p = this.#deliver(m, lane, slot, free)
       .catch((err) => this.#log.error("delivery failed unexpectedly", { error: err as Error }))
       .finally(() => {
-        this.#busy.set(id, (this.#busy.get(id) ?? 1) - 1);
+        free();
         this.#inflight.delete(p);
-        this.#loops.get(lane.provider)?.wake.fire();
       });
     this.#inflight.add(p);
   }
@@ -298,10 +306,21 @@ export class Delivery implements Component {
     }
   }
 
-  async #deliver(m: JsMsg, lane: LaneRef, given: number | null): Promise<void> {
+  async #deliver(m: JsMsg, lane: LaneRef, given: number | null, free: () => void): Promise<void> {
     const ackWait = this.#o.ackWaitMs ?? ACK_WAIT_MS;
     const keepalive = setInterval(() => m.working(), Math.max(1000, ackWait / 3));
     try {
+      let env: Envelope;
+      try {
+        env = decodeEnvelope(m.data);
+      } catch (err) {
+        this.#log.error("ready: undecodable envelope terminated", { seq: m.seq, error: err as Error });
+        m.term();
+        return;
+      }
+      // The body is read while the send slot is awaited.
+      const bodyP = this.#bodies.get(env.body);
+      bodyP.catch(() => {});
       const slot = given ?? (await this.#slot(lane));
       if (slot === null) {
         // The lane closed before this one could start: back to the stream for whoever can send.
@@ -315,14 +334,6 @@ export class Delivery implements Component {
         m.nak();
         return;
       }
-      let env: Envelope;
-      try {
-        env = decodeEnvelope(m.data);
-      } catch (err) {
-        this.#log.error("ready: undecodable envelope terminated", { seq: m.seq, error: err as Error });
-        m.term();
-        return;
-      }
       const plan = this.#ctx.plan();
       const provider = plan?.providers.get(lane.provider);
       const laneInfo = { source: lane.address, provider: lane.provider };
@@ -333,19 +344,19 @@ export class Delivery implements Component {
         const reply = env.lastReply ?? "451 4.4.7 Message expired in the queue";
         const rcpts: RcptResult[] = env.rcpts.map((r) => ({ rcpt: r, reply, code: reply.slice(0, 3), class: c as RcptResult["class"], permanent: false }));
         await this.#outcomes.record({ ...env, attempts: Math.max(0, env.attempts - 1) }, rcpts, laneInfo);
-        await m.ackAck();
+        m.ack();
         return;
       }
       let body: Buffer;
       try {
-        body = await this.#bodies.get(env.body);
+        body = await bodyP;
       } catch (err) {
         if (!(err instanceof BodyNotFound)) throw err;
         const reply = "554 5.3.0 The message body is no longer stored";
         const rcpts: RcptResult[] = env.rcpts.map((r) => ({ rcpt: r, reply, code: "554", enhanced: "5.3.0", class: "other", permanent: true }));
         this.#log.error("body missing; bouncing", { qid: env.id, part: env.part });
         await this.#outcomes.record(env, rcpts, laneInfo);
-        await m.ackAck();
+        m.ack();
         return;
       }
       const result = await attemptPart(
@@ -360,8 +371,11 @@ export class Delivery implements Component {
           ...(this.#o.connectTimeoutMs ? { connectTimeoutMs: this.#o.connectTimeoutMs } : {}),
         },
       );
+      free();
+      // Acks are not confirmed (ack, not ackAck): everything the outcome needs is stored by then,
+      // and a lost ack only means the part comes back after AckWait (at-least-once either way).
       const d = await this.#outcomes.record(env, result.rcpts, { ...laneInfo, ...(result.mx ? { mx: result.mx } : {}), ...(result.tls !== undefined ? { tls: result.tls } : {}) });
-      await m.ackAck();
+      m.ack();
       this.#log.debug("attempt", { qid: env.id, part: env.part, lane: laneId(lane), mx: result.mx, delivered: d.delivered.length, deferred: d.deferred.length, bounced: d.bounced.length + d.expired.length });
     } catch (err) {
       if (err instanceof NoConnectionSlot) {

@@ -124,7 +124,7 @@ export class RouteStage implements Component {
         // Every recipient bounced here: the body is done with.
         await new BodyStore(this.#ctx.jsm, this.#ctx.large).delete(env.body).catch(() => {});
       }
-      await m.ackAck();
+      m.ack();
       this.#log.debug("routed", { qid: env.id, parts: r.parts.length, bounced: r.bounces.length, retry: r.retry.length });
     } catch (err) {
       this.#log.warn("route failed; will retry", { qid: env.id, error: err as Error });
