@@ -3,9 +3,11 @@
 // SIGTERM, it drains (transactions in flight finish and are recorded) and exits 0, and the next
 // relay delivers the rest with no message twice.
 //
-// Envelopes are put into NATS the way acceptance stores them (its SMTP path is tested in
-// test/integration/relay/durability.test.ts).
-// Addresses: MX 127.0.73.1, source 127.0.73.10, relay listeners 127.0.72.1, DNS 127.0.53.73.
+// The first two tests put envelopes into NATS the way acceptance stores them; the third goes end
+// to end through the relay's SMTP submission: every message answered 250 before a SIGKILL is
+// delivered after restart.
+// Addresses: MX 127.0.73.1, source 127.0.73.10, relay listeners 127.0.72.1, DNS 127.0.53.73,
+// submitting clients 127.0.75.0/24.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
@@ -19,7 +21,8 @@ import { startPostfix, type PostfixHandle } from "../env/peers/postfix.ts";
 import { freePort, startProcess, type ManagedProcess } from "../env/proc.ts";
 import { ensureStreams, serverFeatures } from "../../relay/queue/streams.ts";
 import { createLogger } from "../../relay/runtime/logger.ts";
-import { makePlan, publishPlan, submit, until, POOL } from "./delivery-harness.ts";
+import { makePlan, message, publishPlan, submit, until, POOL } from "./delivery-harness.ts";
+import nodemailer from "nodemailer";
 
 const T = { timeout: 600_000 };
 const HOST = "127.0.72.1";
@@ -53,6 +56,7 @@ before(async () => {
   await publishPlan(nc, makePlan({
     providers: [{ name: "default", lane: { messageRate: { count: 10, periodMs: 1000 }, maxConnections: 2, messagesPerConnection: 25 } }],
     addresses: [SOURCE],
+    networks: [{ cidr: "127.0.75.0/24", domains: ["sender.test"] }],
   }));
 });
 
@@ -64,7 +68,10 @@ after(async () => {
   if (base && !process.env.MAILFLEET_KEEP_STATE) await rm(base, { recursive: true, force: true });
 });
 
+let submissionPort = 0;
+
 async function relayProcess(name: string): Promise<ManagedProcess> {
+  submissionPort ||= await freePort(HOST);
   const proc = startProcess({
     name,
     command: join(ROOT, "node_modules", ".bin", "node"),
@@ -80,7 +87,7 @@ async function relayProcess(name: string): Promise<ManagedProcess> {
       MAILFLEET_DNS_SERVERS: dns.server,
       MAILFLEET_LISTEN_ADDRESS: HOST,
       MAILFLEET_INBOUND_PORT: "0",
-      MAILFLEET_SUBMISSION_PORT: String(await freePort(HOST)),
+      MAILFLEET_SUBMISSION_PORT: String(submissionPort),
       MAILFLEET_HTTP_PORT: String(await freePort(HOST)),
       MAILFLEET_SECRETS_DIR: join(base, "secrets"),
       MAILFLEET_TLS_DIR: join(base, "tls"),
@@ -156,6 +163,62 @@ test("SIGTERM: the relay drains and exits 0; the next one delivers the rest, non
     await new Promise((r) => setTimeout(r, 3000));
     const c = await copies();
     assert.deepEqual(subjects.filter((s) => (c.get(s) ?? 0) > 1), []);
+  } finally {
+    second.signal("SIGTERM");
+    await second.exited;
+  }
+});
+
+test("end to end: every message answered 250 by submission before a SIGKILL is delivered after restart", T, async () => {
+  const accepted = new Set<string>();
+  let stop = false;
+  const first = await relayProcess("relay-e2e-1");
+  await until("submission listening", async () => {
+    const t = nodemailer.createTransport({ host: HOST, port: submissionPort, ignoreTLS: true, localAddress: "127.0.75.1" });
+    try {
+      return await t.verify();
+    } catch {
+      return false;
+    } finally {
+      t.close();
+    }
+  }, 60_000);
+  // Four clients submitting one message after another (one connection each, reused) until stopped.
+  const clients = Array.from({ length: 4 }, async (_, c) => {
+    let n = 0;
+    while (!stop) {
+      const t = nodemailer.createTransport({ host: HOST, port: submissionPort, ignoreTLS: true, localAddress: `127.0.75.${10 + c}`, pool: true, maxConnections: 1, maxMessages: 1000 });
+      try {
+        while (!stop) {
+          const subject = `e2e ${c}-${n++}`;
+          const raw = message({ from: "app@sender.test", to: [`${c}-${n}@crash.test`], subject });
+          const info = await t.sendMail({ envelope: { from: "app@sender.test", to: [`${c}-${n}@crash.test`] }, raw });
+          if (/^250/.test(info.response)) accepted.add(subject);
+        }
+      } catch {
+        await new Promise((r) => setTimeout(r, 100));
+      } finally {
+        t.close();
+      }
+    }
+  });
+  try {
+    await until("60 accepted and some delivered", async () => accepted.size >= 60 && [...(await copies()).keys()].some((s) => s.startsWith("e2e ")), 180_000);
+    first.signal("SIGKILL");
+    await first.exited;
+  } finally {
+    stop = true;
+    await Promise.all(clients);
+    await first.stop();
+  }
+  const before = [...(await copies()).keys()].filter((s) => accepted.has(s)).length;
+  const second = await relayProcess("relay-e2e-2");
+  try {
+    await until("every 250'd message delivered", async () => {
+      const c = await copies();
+      return [...accepted].every((s) => (c.get(s) ?? 0) >= 1);
+    }, 400_000);
+    process.stdout.write(`# end to end: ${accepted.size} answered 250, ${before} delivered before the SIGKILL, all ${accepted.size} after restart\n`);
   } finally {
     second.signal("SIGTERM");
     await second.exited;

@@ -19,6 +19,8 @@ export interface PlanSpec {
   domains?: Partial<DomainPlan>[];
   lanes?: Record<string, Partial<LanePlan>>;
   delivery?: Partial<Plan["delivery"]>;
+  /** Trusted networks that may submit (acceptance), CIDR -> sending domains. */
+  networks?: { cidr: string; domains: string[] }[];
   revision?: string;
 }
 
@@ -70,7 +72,7 @@ export function makePlan(s: PlanSpec): Plan {
       overflowPool: null, warmup: null, lanes,
     }],
     domains: (s.domains ?? [{ domain: "sender.test" }]).map((d) => domainPlan({ domain: "sender.test", ...d })),
-    submitters: { credentials: [], networks: [] },
+    submitters: { credentials: [], networks: s.networks ?? [] },
     delivery: { expiryMs: 5 * 86_400_000, retryBaseMs: 1000, retryMaxMs: 4000, idempotencyWindowMs: 120_000, ...(s.delivery ?? {}) },
   };
   const revision = s.revision ?? createHash("sha256").update(JSON.stringify(content)).digest("hex").slice(0, 16);
