@@ -417,7 +417,7 @@ describe("lanes", () => {
   test("lane limit above the receiver's: the relay backs off from the real 450 and delivers everything", T, async () => {
     await applyPlan({
       ...baseSpec,
-      providers: [...baseSpec.providers, { ...lim, lane: { messageRate: { count: 60, periodMs: 30_000 }, maxConnections: 2 }, rules: [{ name: "slow-on-rate", class: "rate-limited", action: "SlowDown", factor: 0.1, durationMs: 30_000 }] }],
+      providers: [...baseSpec.providers, { ...lim, lane: { messageRate: { count: 60, periodMs: 30_000 }, maxConnections: 2 }, rules: [{ name: "slow-on-rate", class: "rate-limited", action: "SlowDown", factor: 0.5, durationMs: 15_000 }] }],
       // only one lane sends to this provider: the other is paused by the plan
       lanes: { [`${OUT2.address}/lim`]: { state: "Paused" } },
     });
