@@ -75,6 +75,13 @@ export interface StartPostfixOptions {
   domains: string[];
   /** How long to wait for start-up. Default 60 s. */
   timeoutMs?: number;
+  /**
+   * Relay mode (a baseline MTA for benchmarks): mail from `relayFrom` (CIDRs, Postfix's
+   * mynetworks) for domains other than `domains` is relayed to this next hop, e.g.
+   * `[127.0.9.1]:25`, instead of being refused.
+   */
+  relayhost?: string;
+  relayFrom?: string[];
 }
 
 export interface DeliveredMessage {
@@ -256,6 +263,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHandle> {
   const { rateTimeUnit } = validateOptions(opts);
+  if (opts.relayhost !== undefined && !/^(\[[0-9.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(opts.relayhost)) {
+    throw new PeerError(COMPONENT, `relayhost must look like [127.0.9.1]:25, got ${JSON.stringify(opts.relayhost)}`);
+  }
   const dir = resolve(opts.dir);
   const confDir = join(dir, 'conf');
   const queueDir = join(dir, 'queue');
@@ -346,8 +356,10 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
     // Loopback is in mynetworks, and anvil never limits mynetworks clients unless this is empty.
     'smtpd_client_event_limit_exceptions =',
     ...(rateTimeUnit ? [`anvil_rate_time_unit = ${rateTimeUnit}`] : []),
-    'smtpd_relay_restrictions = reject_unauth_destination',
-    'smtpd_recipient_restrictions = reject_unauth_destination',
+    ...(opts.relayhost
+      ? [`relayhost = ${opts.relayhost}`, `mynetworks = ${(opts.relayFrom ?? ['127.0.0.0/8']).join(', ')}`,
+        'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination', 'smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination']
+      : ['smtpd_relay_restrictions = reject_unauth_destination', 'smtpd_recipient_restrictions = reject_unauth_destination']),
     `virtual_mailbox_domains = ${opts.domains.join(', ')}`,
     `virtual_mailbox_base = ${dir}`,
     // Every recipient into one Maildir (Delivered-To tells them apart); regexp maps may not
@@ -395,7 +407,7 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
       out.push(o('smtpd_client_restrictions', `check_client_access cidr:${mapName(l, 'client')}.cidr`));
       const rcpt = s.rejectRecipients?.length
         ? `check_recipient_access regexp:${mapName(l, 'recipient')}.regexp, reject_unauth_destination`
-        : 'reject_unauth_destination';
+        : opts.relayhost ? 'permit_mynetworks, reject_unauth_destination' : 'reject_unauth_destination';
       out.push(o('smtpd_recipient_restrictions', rcpt));
       const level = s.requireTls ? 'encrypt' : s.tlsOffered ? 'may' : 'none';
       out.push(o('smtpd_tls_security_level', level));
