@@ -21,9 +21,18 @@ const POOLS = Number(process.env.BENCH_POOLS ?? 20);
 const PER_POOL = Number(process.env.BENCH_ADDRESSES_PER_POOL ?? 10);
 const log = (msg: string) => process.stderr.write(`[operator-scale] ${msg}\n`);
 
+/** Peak RSS of a process and its children (the operator's key generator), in MB. */
 function vmHWM(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Number(m[1]) / 1024 : 0;
+  let mb = m ? Number(m[1]) / 1024 : 0;
+  let children: string[] = [];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean);
+  } catch { /* none */ }
+  for (const c of children) {
+    try { mb += vmHWM(Number(c)); } catch { /* exited */ }
+  }
+  return mb;
 }
 
 async function pool_(items: (() => Promise<unknown>)[], width: number): Promise<void> {
@@ -62,9 +71,12 @@ async function main(): Promise<void> {
     }
     for (let d = 0; d < DOMAINS; d++) objects.push(domain(NS, `d${d}`, { domain: `d${d}.bench.test`, poolRef: { name: `pool-${d % POOLS}` }, senders: { trustedNetworks: ["10.0.0.0/8"] } }));
 
+    // At once, as `kubectl apply -f fleet/` would: 32 requests in flight, what others name first
+    // (the admission webhook refuses a reference to an object that does not exist).
     log(`applying ${objects.length} objects at once`);
     const t0 = Date.now();
-    await pool_(objects.map((o) => () => env.apply(o)), 32);
+    const rank = (o: any) => ({ MailboxProvider: 0, WarmupSchedule: 0, IPPool: 1, SendingDomain: 2 } as Record<string, number>)[o.kind]!;
+    for (const r of [0, 1, 2]) await pool_(objects.filter((o) => rank(o) === r).map((o) => () => env.apply(o)), 32);
     log(`applied in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
     const total = objects.length;
@@ -90,6 +102,12 @@ async function main(): Promise<void> {
       await sleep(2000);
     }
 
+    if (process.env.BENCH_HEAP_SNAPSHOT) {
+      // Needs NODE_OPTIONS=--heapsnapshot-signal=SIGUSR2; the snapshot lands in the operator's cwd.
+      process.kill(pid, "SIGUSR2");
+      log("asked the operator for a heap snapshot");
+      await sleep(30_000);
+    }
     log("settling 15 s, then measuring a quiet minute");
     await sleep(15_000);
     const since = new Date().toISOString();
@@ -97,6 +115,11 @@ async function main(): Promise<void> {
     const writes = env.audit({ since, user: OPERATOR_USER }).filter((e) => e.objectRef?.resource !== "leases");
     for (const w of writes.slice(0, 20)) log(`quiet-minute write: ${w.verb} ${w.objectRef?.resource}${w.objectRef?.subresource ? `/${w.objectRef.subresource}` : ""} ${w.objectRef?.namespace}/${w.objectRef?.name}`);
     clearInterval(sampler);
+    const m = await op.metrics();
+    for (const name of ["nodejs_heap_size_used_bytes", "nodejs_heap_size_total_bytes", "nodejs_external_memory_bytes", "process_resident_memory_bytes"]) {
+      const v = new RegExp(`^mailfleet_operator_${name} (\\S+)`, "m").exec(m)?.[1];
+      if (v) log(`${name}: ${(Number(v) / 1048576).toFixed(0)} MB`);
+    }
     peak = Math.max(peak, vmHWM(pid));
     const out = {
       bench: "operator-scale",

@@ -12,7 +12,7 @@ import { reconcileDomain } from "./controllers/sendingdomain.ts";
 import { reconcileSchedule } from "./controllers/warmupschedule.ts";
 import { type WebhookConfig, reconcileWebhook, servingPair } from "./controllers/webhook.ts";
 import { type Informers, World } from "./controllers/world.ts";
-import { KeyFactory } from "./dkim/keys.ts";
+import { ChildGenerator, KeyFactory } from "./dkim/keys.ts";
 import { makeLookup } from "./dns/resolver.ts";
 import { PlanStore } from "./plan/store.ts";
 import { Controller } from "./runtime/controller.ts";
@@ -56,7 +56,8 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
   client.onWrite = (verb, resource) => metrics.kubeWrites.inc({ verb, resource });
   const events = new Recorder(client, { controller: "mailfleet.io/operator", instance: cfg.identity, log, metrics });
   const lookup = makeLookup(cfg.dnsServers);
-  const keys = new KeyFactory(2);
+  const keygen = new ChildGenerator();
+  const keys = new KeyFactory(2, keygen.generate);
   const store = new PlanStore({ servers: cfg.natsUrls, ...(cfg.natsCreds ? { creds: cfg.natsCreds } : {}), replicas: cfg.natsReplicas, log });
 
   // KEDA: its ScaledObject CRD decides between an HPA and a ScaledObject.
@@ -116,7 +117,8 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     if (leading) controllers.get(c)?.enqueue(key);
   };
   const enqueuePlan = () => {
-    if (leading) controllers.get("plan")?.enqueueAfter(PLAN_KEY_NAME, 200);
+    // Coalesce bursts: a compile every 2 s at most while objects keep changing.
+    if (leading) controllers.get("plan")?.enqueueAfter(PLAN_KEY_NAME, 2000);
   };
   const webhookCfg: WebhookConfig = {
     enabled: cfg.webhook.port > 0,
@@ -167,14 +169,21 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
   const domainsUsingPool = (ns: string, poolName: string) => {
     const feeding = new Set(world.poolsFeeding(ns, poolName).map((p) => p.metadata.name));
     feeding.add(poolName);
-    return inf.domains.list(ns).filter((d) => feeding.has(spec(d).poolRef?.name));
+    return [...feeding].flatMap((p) => inf.domains.byIndex("pool", `${ns}/${p}`));
   };
+  // Pools only care about a domain's keys (its keyring) and webhook secrets; a burst of domain
+  // changes reaches each pool once (the delay coalesces them).
+  const enqueuePoolSoon = (key: string) => {
+    if (leading) controllers.get("pool")?.enqueueAfter(key, 2000);
+  };
+  const keyringInputs = (d: KubeObject) => JSON.stringify([spec(d).poolRef?.name, spec(d).webhooks, ((d.status as any)?.dkim ?? []).map((k: any) => [k.selector, k.secretName])]);
   const onDomain = (d: KubeObject, old?: KubeObject) => {
     if (!old || specChanged(old, d)) enqueue("domain", keyOf(d));
     enqueuePlan();
+    if (old && keyringInputs(old) === keyringInputs(d)) return;
     const ns = d.metadata.namespace!;
-    for (const p of poolsSigningFor(ns, spec(d).poolRef?.name)) enqueue("pool", keyOf(p));
-    if (old && spec(old).poolRef?.name !== spec(d).poolRef?.name) for (const p of poolsSigningFor(ns, spec(old).poolRef?.name)) enqueue("pool", keyOf(p));
+    for (const p of poolsSigningFor(ns, spec(d).poolRef?.name)) enqueuePoolSoon(keyOf(p));
+    if (old && spec(old).poolRef?.name !== spec(d).poolRef?.name) for (const p of poolsSigningFor(ns, spec(old).poolRef?.name)) enqueuePoolSoon(keyOf(p));
   };
   inf.domains.on({ add: (d) => onDomain(d), update: (old, d) => onDomain(d, old), delete: (d) => onDomain(d), resync: (d) => enqueue("domain", keyOf(d)) });
   const onPool = (p: KubeObject, old?: KubeObject) => {
@@ -202,7 +211,7 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
   inf.providers.on({ add: (p) => onProvider(p), update: (old, p) => onProvider(p, old), delete: (p) => onProvider(p), resync: (p) => enqueue("provider", keyOf(p)) });
   inf.domains.on({ resync: () => enqueuePlan() });
 
-  const onSecret = (s: KubeObject) => {
+  const onSecret = (s: KubeObject, added = false) => {
     const ns = s.metadata.namespace!;
     const name = s.metadata.name;
     if (ns === cfg.operatorNamespace && name === cfg.webhook.secretName) {
@@ -212,12 +221,16 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     }
     const domainLabel = s.metadata.labels?.[DOMAIN_LABEL];
     if (domainLabel) {
-      enqueue("domain", `${ns}/${domainLabel}`);
-      for (const p of poolsSigningFor(ns, (inf.domains.get(ns, domainLabel)?.spec as any)?.poolRef?.name)) enqueue("pool", keyOf(p));
+      // A key Secret appears because the domain's reconcile made it: only a change or a deletion
+      // by someone else needs another look.
+      if (!added) enqueue("domain", `${ns}/${domainLabel}`);
+      for (const p of poolsSigningFor(ns, (inf.domains.get(ns, domainLabel)?.spec as any)?.poolRef?.name)) enqueuePoolSoon(keyOf(p));
+      return;
     }
     const poolLabel = s.metadata.labels?.[POOL_LABEL];
     if (poolLabel) enqueue("pool", `${ns}/${poolLabel}`);
-    // Referenced by name.
+    // Referenced by name (only Secrets people make are).
+    if (s.metadata.labels?.[MANAGED_BY_LABEL] === MANAGED_BY) return;
     for (const d of inf.domains.list(ns)) {
       const sp = spec(d);
       const creds = (sp.senders?.credentials ?? []).some((c: any) => c.secretRef?.name === name);
@@ -231,7 +244,7 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     }
     for (const p of inf.pools.list(ns)) if (spec(p).relay?.submission?.tlsSecretRef?.name === name) enqueue("pool", keyOf(p));
   };
-  inf.secrets.on({ add: onSecret, update: (_o, s) => onSecret(s), delete: onSecret });
+  inf.secrets.on({ add: (s) => onSecret(s, true), update: (_o, s) => onSecret(s), delete: (s) => onSecret(s) });
   for (const c of [inf.deployments, inf.statefulsets, inf.services, inf.serviceaccounts, inf.pdbs, inf.hpas, inf.networkpolicies, ...(inf.scaledobjects ? [inf.scaledobjects] : [])]) {
     const h = (o: KubeObject) => {
       const p = o.metadata.labels?.[POOL_LABEL];
@@ -322,6 +335,7 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
       await new Promise<void>((r) => (http ? http.close(() => r()) : r()));
       http?.closeAllConnections();
       await store.close();
+      keygen.close();
       await client.close().catch(() => {});
       log.info("stopped", { reason });
       resolveDone(code);

@@ -6,7 +6,7 @@ import { PAUSED_ANNOTATION } from "../../api/v1alpha1/index.ts";
 import type { KeyFactory } from "../dkim/keys.ts";
 import type { Lookup } from "../dns/verify.ts";
 import type { RenderConfig } from "../render/pool.ts";
-import { applyReason, withHash } from "../runtime/compare.ts";
+import { APPLIED_HASH_ANNOTATION, applyReason, withHash } from "../runtime/compare.ts";
 import { type DesiredCondition, type Transition, mergeConditions, statusDiffers } from "../runtime/conditions.ts";
 import type { EventSink } from "../runtime/events.ts";
 import type { Cache as Informer } from "../runtime/informer.ts";
@@ -66,7 +66,7 @@ export function jitter(ms: number): number {
  * object now in force; the informer cache is updated with what the server returned.
  */
 export async function applyOwned(ctx: Context, desired: KubeObject, informer: Informer | undefined): Promise<{ applied: boolean; obj: KubeObject }> {
-  const want = withHash(desired as Record<string, unknown>) as KubeObject;
+  const want = desired.metadata.annotations?.[APPLIED_HASH_ANNOTATION] ? desired : withHash(desired as Record<string, unknown>) as KubeObject;
   const live = informer?.get(desired.metadata.namespace, desired.metadata.name);
   const reason = applyReason(want as Record<string, unknown>, live as Record<string, unknown> | undefined);
   if (reason === undefined) return { applied: false, obj: live! };
@@ -115,10 +115,19 @@ export function conditionsFor(live: KubeObject, desired: DesiredCondition[], man
   return mergeConditions(cur, desired, { now: new Date(now), generation: live.metadata.generation, managed });
 }
 
-/** One Event per transition (Ready only when it becomes True: its failures have their own Events). */
+/** States on the way to a result, not results: no Warning for them on an object just created. */
+const PROGRESS = new Set(["GeneratingKeys", "RelaysUnavailable"]);
+
+/**
+ * One Event per transition. Not for: Ready turning anything but True (its cause has its own
+ * Event); a condition first seen True (nothing changed for anyone to act on); a new object passing
+ * through a progress state (keys being made, relays starting).
+ */
 export function recordTransitions(ctx: Context, obj: KubeObject, transitions: Transition[]): void {
   for (const t of transitions) {
     if (t.type === "Ready" && t.to !== "True") continue;
+    if (t.from === undefined && t.to === "True") continue;
+    if (t.reason === "GeneratingKeys" || (t.from === undefined && PROGRESS.has(t.reason))) continue;
     if (t.type === "ReconciliationPaused") {
       ctx.events.event(obj, "Normal", t.reason, t.message, "Pause");
       continue;

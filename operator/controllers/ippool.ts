@@ -9,10 +9,11 @@
 import type { IPPool, SendingDomain } from "../../api/v1alpha1/index.ts";
 import { dkimKeyName, webhookKeyName } from "../plan/compile.ts";
 import { issueServing, renewalReason } from "../certs.ts";
-import { checkAddress } from "../dns/fcrdns.ts";
+import { type AddressCheck, checkAddress } from "../dns/fcrdns.ts";
 import { SECRET_KEYS } from "../dkim/keys.ts";
 import { formatProblems } from "../webhook/review.ts";
 import { relaySecretName, renderPool, renderRelaySecret, selfSignedTlsName } from "../render/pool.ts";
+import { withHash } from "../runtime/compare.ts";
 import { type DesiredCondition, readyFrom } from "../runtime/conditions.ts";
 import type { Result } from "../runtime/controller.ts";
 import type { Cache as Informer } from "../runtime/informer.ts";
@@ -124,8 +125,8 @@ export async function reconcilePool(ctx: Context, key: string): Promise<Result> 
     return;
   }
 
-  // Children.
-  const render = renderPool(pool, { ...ctx.config.render, keda: ctx.keda() });
+  // Children (rendered and hashed once per version of the pool).
+  const render = rendered(ctx, pool);
   const owner = raw;
   const { files, missing } = keyring(ctx, pool);
   const wanted = [...render.objects, renderRelaySecret(pool, files)];
@@ -181,8 +182,9 @@ export async function reconcilePool(ctx: Context, key: string): Promise<Result> 
       : { type: "WorkloadAvailable", status: "True", reason: "RelaysAvailable", message: `${ready} relay(s) ready in ${render.workloads.length} ${pool.spec.relay.workload}(s)` };
   if (missing.length) ctx.events.event(raw, "Warning", "KeyringIncomplete", `the relay keyring lacks ${missing.slice(0, 5).join(", ")}`, "Keyring");
 
-  // Addresses: forward-confirmed reverse DNS and blocklists.
-  const addresses = await Promise.all(pool.spec.addresses.map((a) => checkAddress(a, ctx.lookup, pool.spec.reputation.blocklists)));
+  // Addresses: forward-confirmed reverse DNS and blocklists (looked up again on the re-check period,
+  // not on every reconcile: a pool is reconciled whenever one of its domains' keys changes).
+  const addresses = await Promise.all(pool.spec.addresses.map((a) => checkAddressCached(ctx, a, pool.spec.reputation.blocklists, now)));
   const bad = addresses.filter((a) => !a.forwardConfirmed || a.listed?.length);
   const lookupFailed = bad.some((a) => /failed \(/.test(a.message ?? ""));
   const addrCond: DesiredCondition = bad.length === 0
@@ -200,6 +202,36 @@ export async function reconcilePool(ctx: Context, key: string): Promise<Result> 
     replicas, readyReplicas: ready, selector: render.selector, addresses,
   });
   return { requeueAfterMs: jitter(bad.length ? ctx.config.dnsRecheckUnverifiedMs : ctx.config.dnsRecheckMs) };
+}
+
+const renders = new WeakMap<IPPool, { keda: boolean; render: ReturnType<typeof renderPool> }>();
+
+function rendered(ctx: Context, pool: IPPool): ReturnType<typeof renderPool> {
+  const keda = ctx.keda();
+  const hit = renders.get(pool);
+  if (hit && hit.keda === keda) return hit.render;
+  const r = renderPool(pool, { ...ctx.config.render, keda });
+  const render = { ...r, objects: r.objects.map((o) => withHash(o as Record<string, unknown>) as KubeObject) };
+  renders.set(pool, { keda, render });
+  return render;
+}
+
+const addressChecks = new Map<string, { until: number; result: Promise<AddressCheck> }>();
+
+function checkAddressCached(ctx: Context, a: { address: string; hostname: string }, blocklists: string[], now: number): Promise<AddressCheck> {
+  const key = `${a.address}|${a.hostname}|${blocklists.join(",")}`;
+  const hit = addressChecks.get(key);
+  if (hit && hit.until > now) return hit.result;
+  if (addressChecks.size > 10_000) for (const [k, v] of addressChecks) if (v.until <= now) addressChecks.delete(k);
+  const result = checkAddress(a, ctx.lookup, blocklists);
+  const entry = { until: now + 1000, result };
+  addressChecks.set(key, entry);
+  // Keep a verified result most of the re-check period, an unverified one most of the shorter one.
+  result.then((r) => {
+    const ok = r.forwardConfirmed && !r.listed?.length;
+    entry.until = now + 0.8 * (ok ? ctx.config.dnsRecheckMs : ctx.config.dnsRecheckUnverifiedMs);
+  }, () => addressChecks.delete(key));
+  return result;
 }
 
 async function ensureSelfSigned(ctx: Context, owner: KubeObject, pool: IPPool, now: number): Promise<void> {

@@ -6,7 +6,7 @@ import { parseDuration } from "../../api/units.ts";
 import { type DkimKey, SECRET_KEYS, publicFromPrivate } from "../dkim/keys.ts";
 import { type OwnKey, rotate } from "../dkim/rotation.ts";
 import { type DesiredRecord, type DkimPublicKey, desiredRecords } from "../dns/records.ts";
-import { verifyRecords } from "../dns/verify.ts";
+import { type Lookup, memoize, verifyRecords } from "../dns/verify.ts";
 import { formatProblems } from "../webhook/review.ts";
 import { isDeepStrictEqual } from "node:util";
 import { type DesiredCondition, normalize, readyFrom, rfc3339 } from "../runtime/conditions.ts";
@@ -68,6 +68,23 @@ function dkimSecret(d: SendingDomain, raw: KubeObject, selector: string, key: Dk
   };
 }
 
+/** Recent DNS verdicts per domain: reconciles in quick succession (keys becoming ready, say) do not
+ * ask DNS again; the periodic re-check always does (it comes after twice this window). */
+const verdicts = new Map<string, Map<string, { at: number; status: DnsRecordStatus }>>();
+
+async function verifyCached(ctx: Context, uid: string, records: DesiredRecord[], lookup: Lookup, now: number): Promise<DnsRecordStatus[]> {
+  const window = ctx.config.dnsRecheckUnverifiedMs / 2;
+  let mine = verdicts.get(uid);
+  if (!mine) verdicts.set(uid, (mine = new Map()));
+  const key = (r: DesiredRecord) => `${r.type} ${r.name} ${r.value}`;
+  const stale = records.filter((r) => (mine.get(key(r))?.at ?? -Infinity) <= now - window);
+  for (const st of stale.length ? await verifyRecords(stale, lookup) : []) mine.set(key(st), { at: now, status: st });
+  const out = records.map((r) => mine.get(key(r))!.status);
+  const keep = new Set(records.map(key));
+  for (const k of mine.keys()) if (!keep.has(k) && mine.get(k)!.at <= now - window) mine.delete(k);
+  return out;
+}
+
 export async function reconcileDomain(ctx: Context, key: string): Promise<Result> {
   const { namespace, name } = splitKey(key);
   const inf = ctx.inf.domains;
@@ -75,6 +92,8 @@ export async function reconcileDomain(ctx: Context, key: string): Promise<Result
   if (!raw || raw.metadata.deletionTimestamp) {
     // Deleted: its Secrets go with it (owner references); keys being made are dropped.
     for (const t of ["RSA2048", "Ed25519"] as const) if (raw?.metadata.uid) ctx.keys.release(`${raw.metadata.uid}:${t}`);
+    if (raw?.metadata.uid) verdicts.delete(raw.metadata.uid);
+    else for (const uid of verdicts.keys()) if (!ctx.inf.domains.list().some((d) => d.metadata.uid === uid)) verdicts.delete(uid);
     return;
   }
   if (isPaused(raw)) {
@@ -156,7 +175,9 @@ export async function reconcileDomain(ctx: Context, key: string): Promise<Result
 
   // 1. What DNS says now about the current records (rotation waits for a Published selector to verify).
   const before = desiredRecords({ spec: d.spec, addresses, mxHosts, dkim: pubs(current, new Map()) });
-  const checked = await verifyRecords(before, ctx.lookup);
+  // One query per name and type for this whole reconcile.
+  const lookup = { resolve: memoize(ctx.lookup.resolve), reverse: ctx.lookup.reverse };
+  const checked = await verifyCached(ctx, raw.metadata.uid!, before, lookup, now);
   const verifiedDkim = new Set(checked.filter((r) => r.purpose === "dkim" && r.verified).map((r) => r.selector));
 
   // 2. Rotation. A broken key Secret of the user's changes nothing until it is fixed.
@@ -199,7 +220,10 @@ export async function reconcileDomain(ctx: Context, key: string): Promise<Result
     const out = await applyOwned(ctx, dkimSecret(d, raw, g.selector, k), ctx.inf.secrets);
     ctx.keys.release(id);
     fresh.set(g.selector, { pem: k.privatePem, publicKey: k.publicKey, keyType: k.keyType });
-    ctx.events.event(raw, "Normal", "DKIMKeyGenerated", `generated a ${g.keyType === "Ed25519" ? "Ed25519" : "RSA-2048"} key for selector ${g.selector} in Secret ${ns}/${out.obj.metadata.name}`, "GenerateKey");
+    // The first key of a type is reported by DKIMReady turning True; later ones (rotation) here.
+    if (current.some((c) => c.keyType === g.keyType)) {
+      ctx.events.event(raw, "Normal", "DKIMKeyGenerated", `generated a ${g.keyType === "Ed25519" ? "Ed25519" : "RSA-2048"} key for selector ${g.selector} in Secret ${ns}/${out.obj.metadata.name}`, "GenerateKey");
+    }
   }
   const next = rot.next.filter((s) => !notReady.has(s.selector));
   const changes = rot.changes.filter((c) => !notReady.has(c.selector));
@@ -208,7 +232,7 @@ export async function reconcileDomain(ctx: Context, key: string): Promise<Result
   const records = desiredRecords({ spec: d.spec, addresses, mxHosts, dkim: pubs(next, fresh) });
   const known = new Map(checked.map((r) => [`${r.type} ${r.name} ${r.value}`, r]));
   const unchecked = records.filter((r) => !known.has(`${r.type} ${r.name} ${r.value}`));
-  for (const r of unchecked.length ? await verifyRecords(unchecked, ctx.lookup) : []) known.set(`${r.type} ${r.name} ${r.value}`, r);
+  for (const r of unchecked.length ? await verifyCached(ctx, raw.metadata.uid!, unchecked, lookup, now) : []) known.set(`${r.type} ${r.name} ${r.value}`, r);
   const dnsRecords = records.map((r) => fit(known.get(`${r.type} ${r.name} ${r.value}`)!));
 
   // 5. Conditions.
@@ -218,7 +242,7 @@ export async function reconcileDomain(ctx: Context, key: string): Promise<Result
   const dkimCond: DesiredCondition = dkimProblems[0]
     ?? (missingTypes.length
       ? { type: "DKIMReady", status: "False", reason: pendingKeys ? "GeneratingKeys" : "NoActiveKey", message: pendingKeys ? `generating ${missingTypes.join(" and ")} keys` : `no active ${missingTypes.join(" or ")} key` }
-      : { type: "DKIMReady", status: "True", reason: "KeysActive", message: `signing with ${next.filter((s) => s.state === "Active").map((s) => s.selector).join(", ")}` });
+      : { type: "DKIMReady", status: "True", reason: "KeysActive", message: `signing with ${next.filter((s) => s.state === "Active").map((s) => `${s.selector} (Secret ${ns}/${s.secretName})`).join(", ")}` });
   const unverified = dnsRecords.filter((r) => !r.verified);
   const lookupFailed = unverified.some((r) => /lookup of .* failed/.test(r.message ?? ""));
   const dnsCond: DesiredCondition = unverified.length === 0
@@ -239,6 +263,7 @@ export async function reconcileDomain(ctx: Context, key: string): Promise<Result
   // The changes were computed against the status just replaced, so they are recorded once.
   void transitions;
   for (const c of changes) {
+    if (c.from === undefined && c.to === "Active") continue; // a first key: DKIMReady says it
     const note = c.to === "Published" ? `new selector ${c.selector}: publish its DKIM record; signing switches to it once the record verifies`
       : c.to === "Active" ? `now signing with selector ${c.selector}`
       : c.to === "Retiring" ? `selector ${c.selector} no longer signs; its record must stay published until it is removed from status`
@@ -248,8 +273,8 @@ export async function reconcileDomain(ctx: Context, key: string): Promise<Result
 
   // 6. Secrets of selectors that left (after the status no longer names them).
   const keep = new Set(next.map((s) => s.secretName));
-  for (const s of ctx.inf.secrets.list(ns)) {
-    if (s.metadata.labels?.[DOMAIN_LABEL] !== name || s.metadata.labels?.[MANAGED_BY_LABEL] !== MANAGED_BY) continue;
+  for (const s of ctx.inf.secrets.byIndex("domain", `${ns}/${name}`)) {
+    if (s.metadata.labels?.[MANAGED_BY_LABEL] !== MANAGED_BY) continue;
     if (keep.has(s.metadata.name) || notReady.has(s.metadata.labels?.[SELECTOR_LABEL] ?? "")) continue;
     if (!s.metadata.ownerReferences?.some((o) => o.uid === raw.metadata.uid)) continue;
     await ctx.client.delete(RESOURCES.Secret, ns, s.metadata.name, { uid: s.metadata.uid });

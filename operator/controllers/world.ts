@@ -39,12 +39,30 @@ export class World {
   /** Called for "Kind:namespace/name" whose problems changed. */
   onProblemsChanged: ((kind: Problem["kind"], id: string) => void) | undefined;
 
+  private readonly listCache = new Map<Informer, { version: number; list: MailfleetObject[] }>();
+  private readonly listVersion = new Map<Informer, number>();
+
   constructor(inf: Informers) {
     this.inf = inf;
     const bump = () => this.changed();
-    for (const i of [inf.domains, inf.pools, inf.schedules]) i.on({ add: bump, update: bump, delete: bump });
-    // Only the set of Secrets matters to the rules (a reference to one that does not exist).
-    inf.secrets.on({ add: bump, delete: bump });
+    // Problems depend on specs (and on objects coming and going), never on status.
+    const specBump = (a: KubeObject, b: KubeObject) => {
+      if (a.metadata.generation !== b.metadata.generation || a.metadata.deletionTimestamp !== b.metadata.deletionTimestamp) bump();
+    };
+    for (const i of [inf.domains, inf.pools, inf.schedules]) i.on({ add: bump, update: specBump, delete: bump });
+    for (const i of [inf.domains, inf.pools, inf.schedules, inf.providers]) {
+      const v = () => this.listVersion.set(i, (this.listVersion.get(i) ?? 0) + 1);
+      i.on({ add: v, update: v, delete: v });
+    }
+    inf.domains.addIndex("pool", (d) => [`${d.metadata.namespace}/${(d.spec as { poolRef?: { name?: string } } | undefined)?.poolRef?.name ?? ""}`]);
+    inf.secrets.addIndex("domain", (s) => {
+      const l = s.metadata.labels?.["mailfleet.io/sendingdomain"];
+      return l ? [`${s.metadata.namespace}/${l}`] : [];
+    });
+    // Only the set of Secrets matters to the rules (a reference to one that does not exist), and
+    // only Secrets a person made can be referenced.
+    const userSecret = (s: KubeObject) => s.metadata.labels?.["app.kubernetes.io/managed-by"] !== "mailfleet-operator" && bump();
+    inf.secrets.on({ add: userSecret, delete: userSecret });
   }
 
   private changed(): void {
@@ -71,12 +89,17 @@ export class World {
     return p as Parsed<T>;
   }
 
+  /** The valid (parsed) objects of a kind; the list is kept until that kind's cache changes. */
   private valid<T extends MailfleetObject>(inf: Informer): T[] {
+    const version = this.listVersion.get(inf) ?? 0;
+    const hit = this.listCache.get(inf);
+    if (hit && hit.version === version) return hit.list as T[];
     const out: T[] = [];
     for (const raw of inf.list()) {
       const p = this.parse<T>(raw);
       if (p.ok) out.push(p.value);
     }
+    this.listCache.set(inf, { version, list: out });
     return out;
   }
 
@@ -138,13 +161,25 @@ export class World {
 
   /** Pools whose mail can reach `pool` (itself, and pools overflowing into it, directly or not). */
   poolsFeeding(namespace: string, name: string): IPPool[] {
-    return this.pools().filter((p) => p.metadata.namespace === namespace && this.overflowChain(namespace, p.metadata.name).some((q) => q.metadata.name === name));
+    const out: IPPool[] = [];
+    for (const raw of this.inf.pools.list(namespace)) {
+      const p = this.parse<IPPool>(raw);
+      if (p.ok && this.overflowChain(namespace, p.value.metadata.name).some((q) => q.metadata.name === name)) out.push(p.value);
+    }
+    return out;
   }
 
   /** Domains whose mail the pool's relays may send (their keys belong in its keyring). */
   domainsSentBy(namespace: string, name: string): SendingDomain[] {
     const feeding = new Set(this.poolsFeeding(namespace, name).map((p) => p.metadata.name));
     feeding.add(name);
-    return this.domains().filter((d) => d.metadata.namespace === namespace && feeding.has(d.spec.poolRef.name));
+    const out: SendingDomain[] = [];
+    for (const pool of feeding) {
+      for (const raw of this.inf.domains.byIndex("pool", `${namespace}/${pool}`)) {
+        const p = this.parse<SendingDomain>(raw);
+        if (p.ok) out.push(p.value);
+      }
+    }
+    return out;
   }
 }

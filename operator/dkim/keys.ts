@@ -1,6 +1,8 @@
 // DKIM keys with node:crypto: PKCS#8 PEM private keys and the p= value of their DNS record.
 // Private keys never leave this module except into Secrets (never logs, status or NATS).
+import { type ChildProcess, fork } from "node:child_process";
 import { createPublicKey, generateKeyPair } from "node:crypto";
+import { fileURLToPath } from "node:url";
 import type { DkimKeyType } from "../../api/v1alpha1/index.ts";
 
 export type DkimKey = { keyType: DkimKeyType; privatePem: string; publicKey: string };
@@ -43,7 +45,7 @@ export function publicFromPrivate(pem: string): { keyType: DkimKeyType; publicKe
   throw new Error(`is a ${type} key; DKIM signs with RSA or Ed25519`);
 }
 
-function generate(keyType: DkimKeyType): Promise<DkimKey> {
+export function generateDkimKey(keyType: DkimKeyType): Promise<DkimKey> {
   return new Promise((resolve, reject) => {
     const cb = (err: Error | null, publicKey: Buffer, privateKey: string) => {
       if (err) return reject(err);
@@ -55,10 +57,60 @@ function generate(keyType: DkimKeyType): Promise<DkimKey> {
   });
 }
 
+type Generator = (keyType: DkimKeyType) => Promise<DkimKey>;
+
 /**
- * Generates keys in the background, a few at a time: an RSA-2048 key takes 100-200 ms of CPU, so a
- * thousand new domains would otherwise hold every reconcile worker for minutes. A reconcile asks
- * for a key, gets "pending", and is enqueued again when the key is ready.
+ * Key generation in a child process at a lower CPU priority (nice 10). A thousand new domains
+ * mean a thousand RSA-2048 keys, 100-200 ms of CPU each: generated at normal priority they take
+ * every core from the API server and the operator's own reconciles, and every status waits. At a
+ * lower priority they use what is left. Keys come back over the IPC channel (never logged).
+ */
+export class ChildGenerator {
+  private child: ChildProcess | undefined;
+  private readonly jobs = new Map<number, { keyType: DkimKeyType; resolve: (k: DkimKey) => void; reject: (e: Error) => void }>();
+  private next = 1;
+  private closed = false;
+
+  private ensure(): ChildProcess {
+    if (this.child && this.child.connected) return this.child;
+    const child = fork(fileURLToPath(new URL("./keygen-child.ts", import.meta.url)), [], { execArgv: [], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    child.on("message", (m: { id: number; error?: string } & Partial<DkimKey>) => {
+      const job = this.jobs.get(m.id);
+      if (!job) return;
+      this.jobs.delete(m.id);
+      if (m.error) job.reject(new Error(m.error));
+      else job.resolve({ keyType: m.keyType!, privatePem: m.privatePem!, publicKey: m.publicKey! });
+    });
+    child.on("exit", () => {
+      if (this.child === child) this.child = undefined;
+      if (this.closed) return;
+      // Ask again for what was in flight.
+      for (const [id, job] of this.jobs) this.ensure().send({ id, keyType: job.keyType });
+    });
+    child.unref();
+    (child.channel as { unref?: () => void } | undefined)?.unref?.();
+    this.child = child;
+    return child;
+  }
+
+  generate: Generator = (keyType) => new Promise((resolve, reject) => {
+    if (this.closed) return reject(new Error("key generator closed"));
+    const id = this.next++;
+    this.jobs.set(id, { keyType, resolve, reject });
+    this.ensure().send({ id, keyType });
+  });
+
+  close(): void {
+    this.closed = true;
+    for (const job of this.jobs.values()) job.reject(new Error("key generator closed"));
+    this.jobs.clear();
+    this.child?.kill();
+  }
+}
+
+/**
+ * Generates keys in the background, a few at a time, so that no reconcile waits for one: a
+ * reconcile asks for a key, gets "pending", and is enqueued again when the key is ready.
  */
 export class KeyFactory {
   private readonly results = new Map<string, DkimKey | Error>();
@@ -66,9 +118,11 @@ export class KeyFactory {
   private readonly order: string[] = [];
   private running = 0;
   readonly concurrency: number;
+  private readonly generate: Generator;
 
-  constructor(concurrency = 2) {
+  constructor(concurrency = 2, generate: Generator = generateDkimKey) {
     this.concurrency = concurrency;
+    this.generate = generate;
   }
 
   /** The key for id (e.g. the Secret's namespace/name) if it is ready; else starts or continues making it. */
@@ -98,7 +152,7 @@ export class KeyFactory {
       const job = this.pending.get(id);
       if (!job) continue;
       this.running++;
-      generate(job.keyType)
+      this.generate(job.keyType)
         .then((k) => this.results.set(id, k), (e: Error) => this.results.set(id, e))
         .finally(() => {
           this.running--;

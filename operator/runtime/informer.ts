@@ -51,6 +51,9 @@ export class Informer<T extends KubeObject = KubeObject> {
   private readonly log: Logger;
   private readonly o: InformerOptions<T>;
   private readonly store = new Map<string, T>();
+  /** Secondary indexes: name -> value -> key -> object (a namespace index always). */
+  private readonly indexes = new Map<string, { fn: (o: T) => string[]; map: Map<string, Map<string, T>> }>();
+  private readonly indexed = new Map<string, { name: string; values: string[] }[]>();
   private readonly handlers: Handler<T>[] = [];
   /** Keys whose cached object came from upsert: their watch event is still handed to handlers. */
   private readonly written = new Set<string>();
@@ -67,6 +70,7 @@ export class Informer<T extends KubeObject = KubeObject> {
     this.client = client;
     this.resource = resource;
     this.o = o;
+    this.indexes.set("namespace", { fn: (x) => [x.metadata.namespace ?? ""], map: new Map() });
     this.name = `${resource.plural}${resource.group ? `.${resource.group}` : ""}${o.namespace ? ` in ${o.namespace}` : ""}`;
     this.log = log.child({ informer: this.name });
   }
@@ -80,8 +84,56 @@ export class Informer<T extends KubeObject = KubeObject> {
   }
 
   list(namespace?: string): T[] {
-    const all = [...this.store.values()];
-    return namespace === undefined ? all : all.filter((o) => o.metadata.namespace === namespace);
+    if (namespace === undefined) return [...this.store.values()];
+    return this.byIndex("namespace", namespace);
+  }
+
+  /** Adds an index (before start); byIndex then finds objects by a value fn gives them. */
+  addIndex(name: string, fn: (o: T) => string[]): void {
+    this.indexes.set(name, { fn, map: new Map() });
+    for (const [k, o] of this.store) this.indexPut(k, o);
+  }
+
+  byIndex(name: string, value: string): T[] {
+    const m = this.indexes.get(name)?.map.get(value);
+    return m ? [...m.values()] : [];
+  }
+
+  private indexPut(key: string, obj: T): void {
+    this.indexRemove(key);
+    const entries: { name: string; values: string[] }[] = [];
+    for (const [name, ix] of this.indexes) {
+      const values = ix.fn(obj);
+      for (const v of values) {
+        let m = ix.map.get(v);
+        if (!m) ix.map.set(v, (m = new Map()));
+        m.set(key, obj);
+      }
+      entries.push({ name, values });
+    }
+    this.indexed.set(key, entries);
+  }
+
+  private indexRemove(key: string): void {
+    for (const { name, values } of this.indexed.get(key) ?? []) {
+      const ix = this.indexes.get(name)!;
+      for (const v of values) {
+        const m = ix.map.get(v);
+        m?.delete(key);
+        if (m && m.size === 0) ix.map.delete(v);
+      }
+    }
+    this.indexed.delete(key);
+  }
+
+  private put(key: string, obj: T): void {
+    this.store.set(key, obj);
+    this.indexPut(key, obj);
+  }
+
+  private remove(key: string): void {
+    this.store.delete(key);
+    this.indexRemove(key);
   }
 
   size(): number {
@@ -107,7 +159,7 @@ export class Informer<T extends KubeObject = KubeObject> {
     const key = this.keyOf(t);
     const old = this.store.get(key);
     if (old && old.metadata.resourceVersion === t.metadata.resourceVersion) return;
-    this.store.set(key, t);
+    this.put(key, t);
     this.written.add(key);
   }
 
@@ -197,9 +249,9 @@ export class Informer<T extends KubeObject = KubeObject> {
     } while (cont);
     // Replace the store, telling handlers what changed while we were not watching.
     const old = new Map(this.store);
-    this.store.clear();
+    for (const k of old.keys()) if (!seen.has(k)) this.remove(k);
     for (const [k, t] of seen) {
-      this.store.set(k, t);
+      this.put(k, t);
       const prev = old.get(k);
       if (!prev) this.emit("add", t);
       else if (this.changed(k, prev, t)) this.emit("update", t, prev);
@@ -256,12 +308,12 @@ export class Informer<T extends KubeObject = KubeObject> {
         const key = this.keyOf(t);
         if (ev.type === "DELETED") {
           const prev = this.store.get(key) ?? t;
-          this.store.delete(key);
+          this.remove(key);
           this.written.delete(key);
           this.emit("delete", prev);
         } else {
           const prev = this.store.get(key);
-          this.store.set(key, t);
+          this.put(key, t);
           if (!prev) this.emit("add", t);
           else if (this.changed(key, prev, t)) this.emit("update", t, prev);
         }
@@ -305,6 +357,8 @@ export type Cache<T extends KubeObject = KubeObject> = {
   hasSynced(): boolean;
   waitForSync(): Promise<void>;
   upsert(obj: KubeObject): void;
+  addIndex(name: string, fn: (o: T) => string[]): void;
+  byIndex(name: string, value: string): T[];
   start(): void;
   stop(): Promise<void>;
 };
@@ -329,6 +383,8 @@ export class MultiInformer<T extends KubeObject = KubeObject> implements Cache<T
   hasSynced(): boolean { return [...this.parts.values()].every((p) => p.hasSynced()); }
   async waitForSync(): Promise<void> { await Promise.all([...this.parts.values()].map((p) => p.waitForSync())); }
   upsert(obj: KubeObject): void { if (obj.metadata.namespace) this.parts.get(obj.metadata.namespace)?.upsert(obj); }
+  addIndex(name: string, fn: (o: T) => string[]): void { for (const p of this.parts.values()) p.addIndex(name, fn); }
+  byIndex(name: string, value: string): T[] { return [...this.parts.values()].flatMap((p) => p.byIndex(name, value)); }
   start(): void { for (const p of this.parts.values()) p.start(); }
   async stop(): Promise<void> { await Promise.all([...this.parts.values()].map((p) => p.stop())); }
 }

@@ -3,10 +3,11 @@
 import { createServer, type Server } from "node:https";
 import { createSecureContext, type SecureContext } from "node:tls";
 import type { World } from "../controllers/world.ts";
-import { type KubeClient, RESOURCES } from "../runtime/kube.ts";
+import type { IPPool, WarmupSchedule } from "../../api/v1alpha1/index.ts";
+import { type KubeClient, RESOURCES, type Resource } from "../runtime/kube.ts";
 import type { Logger } from "../runtime/log.ts";
 import type { Metrics } from "../runtime/metrics.ts";
-import { type AdmissionRequest, review } from "./review.ts";
+import { type AdmissionRequest, type WebhookWorld, review } from "./review.ts";
 
 export const WEBHOOK_PATH = "/validate";
 
@@ -84,7 +85,9 @@ export class WebhookServer {
       namespaceTerminating = !ns || Boolean(ns.metadata.deletionTimestamp);
     }
     const w = this.o.world;
-    const verdict = review(req, { pools: w.pools(), domains: w.domains(), schedules: w.schedules() }, { namespaceTerminating });
+    const world = { pools: w.pools(), domains: w.domains(), schedules: w.schedules() };
+    await this.fillReferences(req, world);
+    const verdict = review(req, world, { namespaceTerminating });
     this.o.metrics.webhookRequests.inc({ operation: req.operation, kind: req.kind.kind, allowed: String(verdict.allowed) });
     if (!verdict.allowed) {
       this.o.log.info("admission refused", { operation: req.operation, kind: req.kind.kind, name: req.name, namespace: req.namespace, reason: verdict.message });
@@ -99,6 +102,33 @@ export class WebhookServer {
         ...(verdict.warnings?.length ? { warnings: verdict.warnings } : {}),
       },
     };
+  }
+
+  /**
+   * The caches lag the API server by a moment: an object applied just before the one that names it
+   * (kubectl apply -f of a folder) may not be there yet. References the caches lack are read from
+   * the API server before anything is refused for naming a missing object.
+   */
+  private async fillReferences(req: AdmissionRequest, world: WebhookWorld): Promise<void> {
+    if (req.operation !== "CREATE" && req.operation !== "UPDATE") return;
+    const ns = req.namespace;
+    const spec = ((req.object as { spec?: Record<string, any> })?.spec ?? {}) as Record<string, any>;
+    const wanted: [Resource, string | undefined][] = [
+      [RESOURCES.IPPool, spec.poolRef?.name],
+      [RESOURCES.IPPool, spec.overflowPoolRef?.name],
+      [RESOURCES.WarmupSchedule, spec.warmupScheduleRef?.name],
+    ];
+    for (const [r, name] of wanted) {
+      if (!name || !ns) continue;
+      const list: { metadata: { namespace?: string; name: string } }[] = r.kind === "IPPool" ? world.pools : world.schedules;
+      if (list.some((o) => o.metadata.namespace === ns && o.metadata.name === name)) continue;
+      const live = await this.o.client.get(r, ns, name).catch(() => undefined);
+      if (!live) continue;
+      const parsed = this.o.world.parse(live);
+      if (!parsed.ok) continue;
+      if (r.kind === "IPPool") world.pools.push(parsed.value as IPPool);
+      else world.schedules.push(parsed.value as WarmupSchedule);
+    }
   }
 
   async close(): Promise<void> {
