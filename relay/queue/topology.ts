@@ -7,6 +7,10 @@
 //             mf.q.<pool>.ready.<provider>        envelopes ready for one provider (any lane of the pool)
 //             mf.q.<pool>.sched.<qid>.<part>      deferred envelopes; a message schedule republishes
 //                                                 them to route/ready when due
+//             mf.q.<pool>.held                    envelopes held by hand (`mailfleet queue hold`): no
+//                                                 consumer reads it, so they wait until `queue release`
+//                                                 puts them back where they came from (the header
+//                                                 Mailfleet-Held-From names that subject)
 //   MF_EVENTS mf.ev.<pool>.<type>                 outcomes: accepted, delivered, deferred, bounced, ...
 //
 // MF_QUEUE has WorkQueue retention: every envelope is consumed once and deleted on ack. Ready
@@ -40,6 +44,7 @@ export const subjects = {
   ready: (pool: string, provider: string) => `mf.q.${token(pool)}.ready.${token(provider)}`,
   readyAll: (pool: string) => `mf.q.${token(pool)}.ready.*`,
   sched: (pool: string, qid: string, part: number) => `mf.q.${token(pool)}.sched.${qid}.${part}`,
+  held: (pool: string) => `mf.q.${token(pool)}.held`,
   event: (pool: string, type: EventType) => `mf.ev.${token(pool)}.${type}`,
   events: "mf.ev.>",
 };
