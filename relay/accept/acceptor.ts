@@ -16,9 +16,10 @@ import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
 import { Counter, Histogram } from "prom-client";
 import type { DomainPlan } from "../../api/plan.ts";
-import { publishEvent, type MailEvent } from "../delivery/events.ts";
+import { eventMsgId, type MailEvent } from "../delivery/events.ts";
+import { routerFor } from "../routing/router.ts";
 import { encodeEnvelope, newQueueId, verpAddress, type Envelope } from "../queue/envelope.ts";
-import { STREAM_BODY, STREAM_QUEUE, subjects } from "../queue/topology.ts";
+import { STREAM_BODY, STREAM_EVENTS, STREAM_QUEUE, subjects } from "../queue/topology.ts";
 import type { Component, RelayContext } from "../runtime/context.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { Suppressions } from "../suppression/index.ts";
@@ -119,6 +120,8 @@ export class Acceptor implements Component {
   #rejected!: Counter;
   #duration!: Histogram;
   #largeThreshold = 0;
+  #pendingEvents: { subject: string; data: Uint8Array; msgId: string }[] = [];
+  #eventTimer: NodeJS.Timeout | undefined;
 
   async start(ctx: RelayContext): Promise<void> {
     this.#ctx = ctx;
@@ -148,6 +151,7 @@ export class Acceptor implements Component {
     // transactions; anything still here finishes its publish before the connection drains.
     const deadline = Date.now() + 10_000;
     while (this.#inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await this.#flushEvents();
     this.#keyring.close();
   }
 
@@ -317,10 +321,17 @@ export class Acceptor implements Component {
       ...(req.dsn ? { dsn: req.dsn } : {}),
       ...(group ? { group } : {}),
     };
-    const envAck = this.#publisher.for(STREAM_QUEUE).publish(subjects.route(dp.pool), encodeEnvelope(env), `${id}:0`);
+    // Fast path (relay/DELIVERY.md): when every recipient domain's route is cached, the ready
+    // parts go straight to their provider queues and skip the route stage's hop.
+    const plan = ctx.plan();
+    const parts = plan ? routerFor(ctx).routeFromCache(env, plan) : null;
+    const queue = this.#publisher.for(STREAM_QUEUE);
+    const envAcks = parts
+      ? queue.publishAll(parts.map((p) => ({ subject: subjects.ready(p.pool, p.provider!), data: encodeEnvelope(p), msgId: `${p.id}:${p.part}` })))
+      : [queue.publish(subjects.route(dp.pool), encodeEnvelope(env), `${id}:0`)];
     try {
-      const [, e] = await Promise.all([bodyAck, envAck]);
-      return e.duplicate;
+      const [, ...e] = await Promise.all([bodyAck, ...envAcks]);
+      return e.every((a) => a.duplicate);
     } catch (err) {
       this.#log.error("store failed: answering 452", { qid: id, error: err });
       throw REPLIES.queueUnavailable();
@@ -332,8 +343,21 @@ export class Acceptor implements Component {
     const base = { part: 0, pool: dp.pool, domain: dp.domain, attempts: 0, time, submitter: req.submitter, acceptedAt: time, ...(messageId ? { messageId } : {}) };
     const events: MailEvent[] = groups.map((rcpts, i) => ({ ...base, type: "accepted", qid: ids[i]!, rcpts }));
     if (dropped.length) events.push({ ...base, type: "suppressed", qid, rcpts: dropped, scope: "submission" });
-    for (const e of events) {
-      publishEvent(this.#ctx.js, e).catch((err) => this.#log.warn("event not published", { qid: e.qid, type: e.type, error: err }));
-    }
+    for (const e of events) this.#pendingEvents.push({ subject: subjects.event(e.pool, e.type), data: Buffer.from(JSON.stringify(e)), msgId: eventMsgId(e) });
+    // Events are not part of the 250 promise: they wait up to 50 ms (or 200 of them) and go out
+    // together, so they cost one commit per group instead of one fsync each.
+    if (this.#pendingEvents.length >= 200) void this.#flushEvents();
+    else this.#eventTimer ??= setTimeout(() => void this.#flushEvents(), 50);
+  }
+
+  async #flushEvents(): Promise<void> {
+    clearTimeout(this.#eventTimer);
+    this.#eventTimer = undefined;
+    const batch = this.#pendingEvents;
+    this.#pendingEvents = [];
+    if (batch.length === 0) return;
+    const acks = this.#publisher.for(STREAM_EVENTS).publishAll(batch);
+    const failed = (await Promise.allSettled(acks)).filter((r) => r.status === "rejected").length;
+    if (failed) this.#log.warn("events not published", { failed, of: batch.length });
   }
 }

@@ -55,6 +55,21 @@ function signAsync(algorithm: string | null, data: Buffer, key: KeyObject): Prom
   return new Promise((resolve, reject) => cryptoSign(algorithm, data, key, (err, sig) => (err ? reject(err) : resolve(sig))));
 }
 
+// One KeyObject per thread-pool thread and key: measured, jobs of several threads on one
+// KeyObject serialise on its lock, and the main thread queueing the next job waits on it too
+// (1.7 ms of event-loop time per signature under load, instead of ~0.05 ms).
+const COPIES = 64;
+const copies = new WeakMap<KeyObject, { keys: KeyObject[]; next: number }>();
+function copyOf(key: KeyObject): KeyObject {
+  let c = copies.get(key);
+  if (!c) {
+    const der = key.export({ type: "pkcs8", format: "der" });
+    c = { keys: Array.from({ length: COPIES }, () => createPrivateKey({ key: der, format: "der", type: "pkcs8" })), next: 0 };
+    copies.set(key, c);
+  }
+  return c.keys[c.next++ % c.keys.length]!;
+}
+
 /**
  * The DKIM-Signature fields for a message, each ending CRLF, to put in front of its header.
  * `parsed` is the header as it will be stored (after the relay added its fields).
@@ -72,8 +87,8 @@ export async function dkimSignatures(parsed: ParsedHeaders, body: Buffer, domain
     });
     // RFC 8463: Ed25519 signs the SHA-256 of the canonical header; RSA hashes inside the signature.
     const sig = k.algorithm === "rsa-sha256"
-      ? await signAsync("sha256", canonicalizedHeader, k.key)
-      : await signAsync(null, createHash("sha256").update(canonicalizedHeader).digest(), k.key);
+      ? await signAsync("sha256", canonicalizedHeader, copyOf(k.key))
+      : await signAsync(null, createHash("sha256").update(canonicalizedHeader).digest(), copyOf(k.key));
     return formatSignatureHeaderLine("DKIM", { ...dkimHeaderOpts, b: sig.toString("base64") }, true) + "\r\n";
   }));
   return out.join("");

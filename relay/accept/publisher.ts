@@ -88,6 +88,13 @@ export class StreamBatcher {
     });
   }
 
+  /** Queues several messages at once, so they can share one commit. */
+  publishAll(items: { subject: string; data: Uint8Array; msgId?: string }[]): Promise<StoredAck>[] {
+    const out = items.map((i) => new Promise<StoredAck>((resolve, reject) => this.#queue.push({ ...i, resolve, reject })));
+    this.#pump();
+    return out;
+  }
+
   /** Messages queued or in flight. */
   pending(): number {
     return this.#queue.length + this.#inflight;
