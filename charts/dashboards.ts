@@ -30,6 +30,11 @@ const POOL = 'pool=~"$pool"';
 const LANE = 'pool=~"$pool", provider=~"$provider", source_ip=~"$source_ip"';
 const PROV = 'pool=~"$pool", provider=~"$provider"';
 const RI = "$__rate_interval";
+/** Per-provider rate and hourly increase of an outcome counter. A sum of such vectors needs the
+ * `or ... * 0` fallbacks: `+` keeps only providers present on both sides, and a provider with no
+ * deferrals (or no deliveries) has no series there. */
+const rate = (outcome: string) => `sum by (provider) (rate(mailfleet_${outcome}_total{${PROV}}[${RI}]))`;
+const inc1h = (outcome: string) => `sum by (provider) (increase(mailfleet_${outcome}_total{${PROV}}[1h]))`;
 
 /** Label-values queries of the template variables (each filtered by the ones before it). */
 export const VARIABLES: Record<string, { label: string; query: string }> = {
@@ -97,7 +102,7 @@ export const DASHBOARDS: DashboardSpec[] = [
         title: "Acceptance",
         panels: [
           { title: "Acceptance ratio", type: "timeseries", unit: "percentunit", w: 12, description: "Share of delivery attempts the provider accepted (delivered over delivered + deferred + bounced).", targets: [{
-            expr: `sum by (provider) (rate(mailfleet_delivered_total{${PROV}}[${RI}])) / (sum by (provider) (rate(mailfleet_delivered_total{${PROV}}[${RI}])) + sum by (provider) (rate(mailfleet_deferred_total{${PROV}}[${RI}])) + sum by (provider) (rate(mailfleet_bounced_total{${PROV}}[${RI}])))`,
+            expr: `${rate("delivered")} / (${rate("delivered")} + (${rate("deferred")} or ${rate("delivered")} * 0) + (${rate("bounced")} or ${rate("delivered")} * 0))`,
             legend: "{{provider}}",
           }] },
           { title: "Delivered by provider", type: "timeseries", unit: "reqps", w: 12, description: "Recipients delivered per second.", targets: [{ expr: `sum by (provider) (rate(mailfleet_delivered_total{${PROV}}[${RI}]))`, legend: "{{provider}}" }] },
@@ -109,7 +114,7 @@ export const DASHBOARDS: DashboardSpec[] = [
           { title: "Deferrals by class", type: "timeseries", unit: "reqps", w: 12, stack: true, description: "Temporary failures per second, by provider and reply class (rate-limited, reputation, connection, ...).", targets: [{ expr: `sum by (provider, class) (rate(mailfleet_deferred_total{${PROV}}[${RI}]))`, legend: "{{provider}} {{class}}" }] },
           { title: "Bounces by class", type: "timeseries", unit: "reqps", w: 12, stack: true, description: "Permanent failures per second, by provider and reply class (unknown-user, blocked, policy, expired, ...).", targets: [{ expr: `sum by (provider, class) (rate(mailfleet_bounced_total{${PROV}}[${RI}]))`, legend: "{{provider}} {{class}}" }] },
           { title: "Bounce rate (1h)", type: "timeseries", unit: "percentunit", w: 12, description: "Bounced over bounced + delivered in the last hour (the MailfleetBounceRateHigh alert's measure).", targets: [{
-            expr: `sum by (provider) (increase(mailfleet_bounced_total{${PROV}}[1h])) / (sum by (provider) (increase(mailfleet_bounced_total{${PROV}}[1h])) + sum by (provider) (increase(mailfleet_delivered_total{${PROV}}[1h])))`,
+            expr: `${inc1h("bounced")} / (${inc1h("bounced")} + (${inc1h("delivered")} or ${inc1h("bounced")} * 0))`,
             legend: "{{provider}}",
           }] },
           { title: "Complaints", type: "timeseries", unit: "short", w: 12, description: "Feedback-loop complaints in the last 24 hours, by provider.", targets: [{ expr: `sum by (provider) (increase(mailfleet_complaints_total{${PROV}}[24h]))`, legend: "{{provider}}" }] },
