@@ -265,6 +265,12 @@ export class Fleet {
     return this.#plan;
   }
 
+  /** The plan as it is now (not the one read earlier by this process). */
+  freshPlan(): Promise<Plan | undefined> {
+    this.#plan = undefined;
+    return this.plan();
+  }
+
   /** Opens a KV bucket; undefined (optional) or an error naming it when it does not exist. */
   async kv(bucket: string, o: { optional?: boolean; why?: string } = {}): Promise<KV | undefined> {
     const { js } = await this.nats();
