@@ -16,6 +16,7 @@ import { connectNats } from "./runtime/nats.ts";
 import { RouteStage } from "./routing/stage.ts";
 import { Delivery } from "./delivery/service.ts";
 import { QueueMetrics } from "./delivery/queue-metrics.ts";
+import { Shaper } from "./shaper/component.ts";
 import { InboundServer } from "./inbound/server.ts";
 import { WebhookDispatcher } from "./webhooks/dispatcher.ts";
 
@@ -24,6 +25,8 @@ import { WebhookDispatcher } from "./webhooks/dispatcher.ts";
  * the listeners that feed it; delivery-side components go after the plan watcher.
  */
 export function components(): Component[] {
+  // The lane limiter delivery asks: fleet-wide over NATS, or per relay (MAILFLEET_SHAPER=local).
+  const shaper = new Shaper();
   // Acceptance (relay/accept) feeds the queues; its listeners come last so they stop first.
   const acceptor = new Acceptor();
   return [
@@ -32,7 +35,8 @@ export function components(): Component[] {
     // Delivery side (relay/DELIVERY.md): route stage, lane scheduler, queue metrics, inbound
     // listener for bounces and feedback reports (MAILFLEET_INBOUND_PORT, 0 = none), webhooks.
     new RouteStage(),
-    new Delivery(),
+    shaper,
+    new Delivery({ limiter: () => shaper.limiter }),
     new QueueMetrics(),
     new InboundServer(),
     new WebhookDispatcher(),

@@ -76,6 +76,10 @@ interface KeyLocal {
   ref: KeyState["ref"];
   known: KeyState | null;
   rev: number;
+  /** The last state actually read or written (an empty read does not erase it), and how many relays
+   * were live on it then: what the local share is computed from while NATS is unreachable. */
+  lastGood: KeyState | null;
+  relays: number;
   /** When this relay last wrote the key (its lease refresh), and last read or wrote it. */
   wroteAt: number;
   readAt: number;
@@ -207,7 +211,7 @@ export class FleetLaneLimiter implements LaneLimiter {
   #key(key: string, ref: KeyState["ref"]): KeyLocal {
     let k = this.#keys.get(key);
     if (!k) {
-      k = { key, ref, known: null, rev: 0, wroteAt: 0, readAt: 0, conns: 0, open: 0, lastBusy: 0, chain: Promise.resolve() };
+      k = { key, ref, known: null, rev: 0, lastGood: null, relays: 1, wroteAt: 0, readAt: 0, conns: 0, open: 0, lastBusy: 0, chain: Promise.resolve() };
       this.#keys.set(key, k);
     }
     return k;
@@ -271,7 +275,7 @@ export class FleetLaneLimiter implements LaneLimiter {
     const limit = this.#laneLimit(L.ref, plan, 1);
     const local = this.#isLocal() && L.key.local;
     const s = local ? L.key.local!.s : L.key.known?.s;
-    const quota = local ? localShare(limit, L.key.known?.s, liveRelays(L.key.known, this.#self, now, this.#lease), now) : limit;
+    const quota = local ? localShare(limit, L.key.lastGood?.s, L.key.relays, now) : limit;
     // A window stored ahead of now means the chain was moved past a spent window (slots.ts).
     let until = 0;
     if (quota.daily !== null) {
@@ -317,7 +321,7 @@ export class FleetLaneLimiter implements LaneLimiter {
 
   /** Connections this relay could have on the lane: its allowance plus what no relay holds. */
   #potentialConnections(L: LaneLocal, max: number, now: number): number {
-    if (this.#isLocal()) return Math.min(max, localConnections(max, liveRelays(L.key.known, this.#self, now, this.#lease)));
+    if (this.#isLocal()) return Math.min(max, localConnections(max, L.key.relays));
     const others = othersConnections(L.key.known, this.#self, now, this.#lease);
     return Math.max(0, Math.min(max, max - others));
   }
@@ -557,22 +561,21 @@ export class FleetLaneLimiter implements LaneLimiter {
    */
   async #reserveLocal(L: LaneLocal, limit: SlotLimit, now: number): Promise<number[]> {
     if (!L.key.local) {
-      const before = L.key.known?.s?.tat ?? 0;
+      const before = L.key.lastGood?.s?.tat ?? 0;
       let fresh = false;
       try {
         await this.#read(L.key);
-        fresh = true;
+        fresh = Boolean(L.key.known?.s);
       } catch {
         // unreachable: estimate below
       }
       now = this.#now();
-      const relays = liveRelays(L.key.known, this.#self, now, this.#lease);
-      const share0 = localShare(limit, L.key.known?.s, relays, now);
-      const head = fresh ? (L.key.known?.s?.tat ?? 0) : before + this.#sizing(L, limit, relays, now).span;
+      const relays = L.key.relays;
+      const share0 = localShare(limit, L.key.lastGood?.s, relays, now);
+      const head = fresh ? Math.max(before, L.key.known!.s!.tat) : before + this.#sizing(L, limit, relays, now).span;
       L.key.local = { s: { tat: Math.max(now, head, L.lastAt + intervalMs(share0)) } };
     }
-    const relays = liveRelays(L.key.known, this.#self, now, this.#lease);
-    const share = localShare(limit, L.key.known?.s, relays, now);
+    const share = localShare(limit, L.key.lastGood?.s, L.key.relays, now);
     const local = L.key.local;
     const { batch, span } = this.#sizing(L, share, 1, now);
     const r = reserve(local.s, share, batch, now, Math.max(2 * span, 1000));
@@ -597,8 +600,7 @@ export class FleetLaneLimiter implements LaneLimiter {
     const requests: CellRequest[] = held.map((h) => ({ at: h.at, deadline: h.deadline }));
     let grants: { at: number | null; deadline: number }[] = [];
     const local = () => {
-      const relays = liveRelays(k.known, this.#self, now, this.#lease);
-      const share = { ...limit, factor: limit.factor / relays };
+      const share = { ...limit, factor: limit.factor / k.relays };
       const loc = (k.local ??= { s: { tat: 0 } });
       const r = claimCells(loc.cells, share, requests, now);
       loc.cells = r.next;
@@ -676,6 +678,7 @@ export class FleetLaneLimiter implements LaneLimiter {
           this.#metrics?.storeOps.inc({ op: "cas", result: "ok" });
           k.known = next;
           k.rev = rev;
+          this.#good(k, next, now);
           k.wroteAt = now;
           k.readAt = now;
           this.#ok();
@@ -701,6 +704,11 @@ export class FleetLaneLimiter implements LaneLimiter {
     return p;
   }
 
+  #good(k: KeyLocal, state: KeyState, now: number): void {
+    k.lastGood = state;
+    k.relays = liveRelays(state, this.#self, now, this.#lease);
+  }
+
   async #read(k: KeyLocal): Promise<void> {
     try {
       const got = await this.#store.get(k.key);
@@ -708,6 +716,7 @@ export class FleetLaneLimiter implements LaneLimiter {
       k.known = got ? decodeKey(got.value) : null;
       k.rev = got?.rev ?? 0;
       k.readAt = this.#now();
+      if (k.known) this.#good(k, k.known, k.readAt);
     } catch (e) {
       this.#metrics?.storeOps.inc({ op: "get", result: "unavailable" });
       this.#fail(e);
@@ -760,7 +769,7 @@ export class FleetLaneLimiter implements LaneLimiter {
 
   #allowance(k: KeyLocal, max: number | null, now: number): number {
     if (max === null) return Number.POSITIVE_INFINITY;
-    if (this.#isLocal()) return localConnections(max, liveRelays(k.known, this.#self, now, this.#lease));
+    if (this.#isLocal()) return localConnections(max, k.relays);
     return Math.min(k.conns, max);
   }
 
