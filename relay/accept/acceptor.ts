@@ -27,7 +27,9 @@ import { composeHeader, fieldValue, findFields } from "./compose.ts";
 import { dkimSignatures, Keyring, type SigningKey } from "./dkim.ts";
 import { parseHeaders } from "./mailauth.ts";
 import { normalizeLineEndings, splitMessage } from "./normalize.ts";
+import { messageProblem } from "./syntax.ts";
 import { Publisher, type StoredAck } from "./publisher.ts";
+import { atomicStreams } from "../queue/streams.ts";
 import { RateLimiter } from "./rate.ts";
 import { Authenticator } from "../submission/auth.ts";
 
@@ -128,7 +130,8 @@ export class Acceptor implements Component {
     this.#log = ctx.log.child("accept");
     this.#keyring = new Keyring(ctx.config.MAILFLEET_SECRETS_DIR, this.#log);
     this.auth = new Authenticator(() => ctx.clock.now());
-    this.#publisher = new Publisher(ctx.nc, ctx.js, { atomic: ctx.features.atomicBatch }, ctx.registry);
+    const atomic = atomicStreams({ replicas: ctx.config.MAILFLEET_STREAM_REPLICAS, features: ctx.features });
+    this.#publisher = new Publisher(ctx.nc, ctx.js, (stream) => ({ atomic: atomic.has(stream) }), ctx.registry);
     this.suppressions = new Suppressions(ctx.suppressKv, { perKeyTtl: ctx.features.msgTtl, clock: () => ctx.clock.now() });
     // Headroom for the NATS headers and protocol framing under max_payload.
     this.#largeThreshold = Math.max(64 * 1024, ctx.maxPayload - 16 * 1024);
@@ -239,6 +242,9 @@ export class Acceptor implements Component {
 
     const raw = normalizeLineEndings(req.raw);
     const { header, body } = splitMessage(raw);
+    // NUL, malformed header lines, oversized header section (syntax.ts says why).
+    const problem = messageProblem(req.raw, header);
+    if (problem) throw new AcceptError(problem.code, problem.enhanced, problem.text);
     const parsed = parseHeaders(header);
     const froms = findFields(parsed, "from");
     const fromList = froms.length === 1 ? addressparser(fieldValue(froms[0]!)).filter((a) => a.address) : [];
@@ -321,16 +327,20 @@ export class Acceptor implements Component {
       ...(req.dsn ? { dsn: req.dsn } : {}),
       ...(group ? { group } : {}),
     };
-    // Fast path (relay/DELIVERY.md): when every recipient domain's route is cached, the ready
-    // parts go straight to their provider queues and skip the route stage's hop.
-    const plan = ctx.plan();
-    const parts = plan ? routerFor(ctx).routeFromCache(env, plan) : null;
-    const queue = this.#publisher.for(STREAM_QUEUE);
-    const envAcks = parts
-      ? queue.publishAll(parts.map((p) => ({ subject: subjects.ready(p.pool, p.provider!), data: encodeEnvelope(p), msgId: `${p.id}:${p.part}` })))
-      : [queue.publish(subjects.route(dp.pool), encodeEnvelope(env), `${id}:0`)];
     try {
-      const [, ...e] = await Promise.all([bodyAck, ...envAcks]);
+      // The body first: an envelope must never be visible before its body (delivery would find
+      // no body to send). The envelope's commit follows the body's, so a message's 250 waits for
+      // two commits in a row; other messages' commits overlap with it (group commit).
+      await bodyAck;
+      // Fast path (relay/DELIVERY.md): when every recipient domain's route is cached, the ready
+      // parts go straight to their provider queues and skip the route stage's hop.
+      const plan = ctx.plan();
+      const parts = plan ? routerFor(ctx).routeFromCache(env, plan) : null;
+      const queue = this.#publisher.for(STREAM_QUEUE);
+      const envAcks = parts
+        ? queue.publishAll(parts.map((p) => ({ subject: subjects.ready(p.pool, p.provider!), data: encodeEnvelope(p), msgId: `${p.id}:${p.part}` })))
+        : [queue.publish(subjects.route(dp.pool), encodeEnvelope(env), `${id}:0`)];
+      const e = await Promise.all(envAcks);
       return e.every((a) => a.duplicate);
     } catch (err) {
       this.#log.error("store failed: answering 452", { qid: id, error: err });

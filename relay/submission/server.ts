@@ -7,10 +7,8 @@
 // the From field's domain after DATA (relay/accept/acceptor.ts); recipients may be any domain.
 // There is no relaying for anyone else: every message must come from one of our sending domains.
 //
-// Replies carry RFC 3463 enhanced codes chosen here (smtp-server would derive them from the basic
-// code alone, e.g. 5.1.1 for every 550): the one patch below lets a reply text that starts with an
-// enhanced code go out as is.
-import { createRequire } from "node:module";
+// Replies carry RFC 3463 enhanced codes chosen here; connection limits, deadlines and the reply to
+// AUTH before STARTTLS come from connections.ts (relay/README.md "Security").
 import { Counter, Gauge } from "prom-client";
 import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerDataStream, type SMTPServerSession } from "smtp-server";
 import type { Envelope } from "../queue/envelope.ts";
@@ -19,23 +17,22 @@ import { networkDomains, networksFor } from "../plan/index.ts";
 import type { Component, RelayContext } from "../runtime/context.ts";
 import type { Logger } from "../runtime/logger.ts";
 import type { Authenticator } from "./auth.ts";
+import { guardConnections, guardCounter, limitsFromConfig, type ConnectionGuard, type SmtpLimits } from "./connections.ts";
 import { CertWatcher } from "./tls.ts";
 
-const require = createRequire(import.meta.url);
-const { SMTPConnection } = require("smtp-server/lib/smtp-connection.js") as {
-  SMTPConnection: { prototype: { send(code: number, data: unknown, context?: unknown): void; init(): void; _setListeners(cb: () => void): void; connectionReady(): void; _server: unknown } };
-};
+/** AUTH failures on one connection before it is closed (421 4.7.0), as RFC 4954 section 4 allows. */
+export const MAX_AUTH_FAILURES_PER_CONNECTION = 3;
 
-// Replies whose text starts with an enhanced status code keep it (and get no second one).
-const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
-const patched = Symbol.for("mailfleet.smtp-server.patched");
-const proto = SMTPConnection.prototype as unknown as Record<PropertyKey, unknown> & typeof SMTPConnection.prototype;
-if (!proto[patched]) {
-  const send = proto.send;
-  proto.send = function (this: unknown, code: number, data: unknown, context?: unknown) {
-    return send.call(this, code, data, typeof data === "string" && ENHANCED.test(data) ? false : context);
-  };
-  proto[patched] = true;
+// ESMTP parameters we implement (what EHLO advertises, plus AUTH= of RFC 4954 section 5, which
+// clients such as Postfix send); anything else is refused 555 5.5.4 (RFC 5321 section 4.1.1.11)
+// instead of being ignored, so a bare CR that splits a command line into junk parameters is refused.
+const MAIL_PARAMS = new Set(["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH", "REQUIRETLS"]);
+const RCPT_PARAMS = new Set(["NOTIFY", "ORCPT"]);
+
+function unknownParam(address: SMTPServerAddress, known: Set<string>): string | undefined {
+  const args = address.args;
+  if (!args || typeof args !== "object") return undefined;
+  return Object.keys(args).find((k) => !known.has(k.toUpperCase()));
 }
 
 /** Per-connection state beyond smtp-server's session. */
@@ -45,6 +42,10 @@ interface ConnState {
   /** Allowed domains of the current transaction (fixed at MAIL FROM). */
   allowed: ReadonlySet<string>;
   submitter: string;
+}
+
+function replyError(code: number, text: string): Error & { responseCode: number } {
+  return Object.assign(new Error(text), { responseCode: code });
 }
 
 function smtpError(e: AcceptError): Error & { responseCode: number } {
@@ -60,6 +61,8 @@ export interface SubmissionOptions {
   host?: string;
   port?: number;
   maxRecipients?: number;
+  /** Connection limits and deadlines; default from the config (MAILFLEET_SMTP_*). */
+  limits?: Partial<SmtpLimits>;
 }
 
 export class SubmissionServer implements Component {
@@ -72,6 +75,10 @@ export class SubmissionServer implements Component {
   #certs!: CertWatcher;
   #auth!: Authenticator;
   #state = new WeakMap<SMTPServerSession, ConnState>();
+  #authFailuresBySession = new WeakMap<SMTPServerSession, number>();
+  #open = new WeakSet<SMTPServerSession>();
+  #guard: ConnectionGuard | undefined;
+  #guardEvents!: Counter<"listener" | "reason">;
   #inData = 0;
   #draining = false;
   #authFailures!: Counter;
@@ -90,6 +97,7 @@ export class SubmissionServer implements Component {
     this.#auth = this.#acceptor.auth;
     this.#authFailures = new Counter({ name: "mailfleet_relay_auth_failures_total", help: "Failed AUTH attempts on submission", registers: [ctx.registry] });
     this.#connections = new Gauge({ name: "mailfleet_relay_submission_connections", help: "Open submission connections", registers: [ctx.registry] });
+    this.#guardEvents = guardCounter(ctx.registry);
     this.#certs = new CertWatcher(ctx.config.MAILFLEET_TLS_DIR, this.#log, (pair) => this.#server?.updateSecureContext(pair));
     const pair = this.#certs.load();
     if (!pair) this.#log.warn("no submission certificate: STARTTLS and AUTH are not offered (trusted networks only)");
@@ -108,14 +116,17 @@ export class SubmissionServer implements Component {
       hideENHANCEDSTATUSCODES: false,
       hideDSN: false,
       logger: false,
-      // AUTH is disabled per session until STARTTLS (onSecure) enables it.
+      // AUTH is disabled per session until STARTTLS (onSecure) enables it: not offered in EHLO, and
+      // answered 538 5.7.11 by the guard (connections.ts).
       onConnect: (session, cb) => {
         if (this.#draining || this.#ctx.draining()) return cb(Object.assign(new Error("4.3.2 Service shutting down, try another server"), { responseCode: 421 }));
         session.disabledCommands = ["AUTH"];
+        this.#open.add(session);
         this.#connections.inc();
         cb();
       },
-      onClose: () => this.#connections.dec(),
+      // smtp-server calls onClose for refused connections too (limits, draining): count only ours.
+      onClose: (session) => { if (this.#open.delete(session)) this.#connections.dec(); },
       onSecure: (_socket, session, cb) => {
         session.disabledCommands = [];
         cb();
@@ -127,13 +138,22 @@ export class SubmissionServer implements Component {
     });
     this.#server.on("error", (e) => this.#log.warn("smtp error", { error: e }));
 
-    if (this.#o.earlyTalkerDelay === false) disableEarlyTalkerDelay(this.#server);
+    this.#guard = guardConnections(this.#server, {
+      limits: { ...limitsFromConfig(ctx.config), ...(this.#o.limits ?? {}) },
+      earlyTalkerDelay: this.#o.earlyTalkerDelay !== false,
+      authAfterTls: true,
+      log: this.#log,
+      onEvent: (reason) => this.#guardEvents.inc({ listener: "submission", reason }),
+    });
     const host = this.#o.host ?? ctx.config.MAILFLEET_LISTEN_ADDRESS;
     const port = this.#o.port ?? ctx.config.MAILFLEET_SUBMISSION_PORT;
     await new Promise<void>((resolve, reject) => {
       const onErr = (e: Error) => reject(e);
       this.#server.server.once("error", onErr);
-      this.#server.listen(port, host, () => {
+      // SO_REUSEPORT: several relay processes on one host share the port (the kernel spreads
+      // connections): a HostNetwork rolling update starts the new relay while the old one drains,
+      // and one host can run a relay per CPU, as Postfix runs several smtpd.
+      (this.#server.server as import("node:net").Server).listen({ port, host, reusePort: port !== 0 }, () => {
         this.#server.server.off("error", onErr);
         resolve();
       });
@@ -151,6 +171,7 @@ export class SubmissionServer implements Component {
   async stop(): Promise<void> {
     this.#draining = true;
     this.#certs?.stop();
+    this.#guard?.stop();
     if (!this.#server) return;
     // Let transactions in DATA finish (their 250 waits for JetStream), then close the rest: the
     // server's close sends 421 to idle connections once its close timeout passes.
@@ -169,20 +190,24 @@ export class SubmissionServer implements Component {
   #onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null | undefined, response?: { user?: unknown }) => void): void {
     const ip = this.#clientIp(session);
     const plan = this.#ctx.plan();
-    const fail = (delayMs: number) => {
+    const username = String(auth.username ?? "");
+    if (!plan) return cb(replyError(454, "4.3.0 Relay not ready, try again later"));
+    const failed = (failures: number, waitedMs: number) => {
       this.#authFailures.inc();
-      this.#log.warn("AUTH failed", { username: String(auth.username ?? "").slice(0, 128), ip, method: auth.method, failures: this.#auth.failures(ip), delayMs });
-      setTimeout(() => cb(Object.assign(new Error("5.7.8 Authentication credentials invalid"), { responseCode: 535 })), delayMs);
+      const onConn = (this.#authFailuresBySession.get(session) ?? 0) + 1;
+      this.#authFailuresBySession.set(session, onConn);
+      this.#log.warn("AUTH failed", { username: username.slice(0, 128), ip, method: auth.method, failures, onConnection: onConn, waitedMs });
+      if (onConn >= MAX_AUTH_FAILURES_PER_CONNECTION) return cb(replyError(421, "4.7.0 Too many authentication failures, closing connection"));
+      cb(replyError(535, "5.7.8 Authentication credentials invalid"));
     };
-    if (!plan) return cb(Object.assign(new Error("4.3.0 Relay not ready, try again later"), { responseCode: 454 }));
-    if (auth.method !== "PLAIN" && auth.method !== "LOGIN") return fail(this.#auth.failure(ip));
-    this.#auth.verify(plan, String(auth.username ?? ""), String(auth.password ?? "")).then((user) => {
-      if (!user) return fail(this.#auth.failure(ip));
+    if (auth.method !== "PLAIN" && auth.method !== "LOGIN") return failed(this.#auth.failure(ip), 0);
+    this.#auth.check(ip, plan, username, String(auth.password ?? "")).then(({ user, failures, waitedMs }) => {
+      if (!user) return failed(failures, waitedMs);
       this.#log.debug("AUTH ok", { username: user, ip });
       cb(null, { user });
     }, (e) => {
       this.#log.error("AUTH check failed", { error: e });
-      cb(Object.assign(new Error("4.3.0 Temporary authentication failure"), { responseCode: 454 }));
+      cb(replyError(454, "4.3.0 Temporary authentication failure"));
     });
   }
 
@@ -206,6 +231,8 @@ export class SubmissionServer implements Component {
       if (notReady) throw notReady;
       const id = this.#identity(session);
       if (!id) throw new AcceptError(530, "5.7.0", "Authentication required");
+      const bad = unknownParam(address, MAIL_PARAMS);
+      if (bad !== undefined) throw new AcceptError(555, "5.5.4", `MAIL FROM parameter not recognized: ${bad.replace(/[^\x21-\x7e]/g, "?").slice(0, 32)}`);
       const from = address.address ?? "";
       if (from !== "" && !isAddress(from)) throw REPLIES.badAddress("sender");
       const dp = this.#acceptor.senderDomain(id.allowed, from, "envelope");
@@ -222,6 +249,8 @@ export class SubmissionServer implements Component {
     const rcpt = address.address ?? "";
     (async () => {
       if (!st) throw new AcceptError(503, "5.5.1", "MAIL FROM first");
+      const bad = unknownParam(address, RCPT_PARAMS);
+      if (bad !== undefined) throw new AcceptError(555, "5.5.4", `RCPT TO parameter not recognized: ${bad.replace(/[^\x21-\x7e]/g, "?").slice(0, 32)}`);
       if (!isAddress(rcpt)) throw REPLIES.badRecipient();
       if (session.envelope.rcptTo.length >= (this.#o.maxRecipients ?? 1000)) throw new AcceptError(452, "4.5.3", "Too many recipients");
       const dp = this.#acceptor.senderDomain(st.allowed, session.envelope.mailFrom ? session.envelope.mailFrom.address : "", "envelope");
@@ -284,27 +313,4 @@ function dsnOf(session: SMTPServerSession): { dsn?: Envelope["dsn"] } {
   const ret = env.dsn?.ret === "FULL" || env.dsn?.ret === "HDRS" ? env.dsn.ret : undefined;
   if (!ret && !env.dsn?.envid && Object.keys(notify).length === 0) return {};
   return { dsn: { ...(ret ? { ret } : {}), ...(env.dsn?.envid ? { envid: env.dsn.envid } : {}), ...(Object.keys(notify).length ? { notify } : {}) } };
-}
-
-/**
- * Replaces smtp-server's 100 ms pause before the greeting (its early-talker check) for one server.
- * Decided by measurement: relay/README.md "Early-talker delay".
- */
-function disableEarlyTalkerDelay(server: SMTPServer): void {
-  const s = server as unknown as { connect(socket: unknown, opts: unknown): void; connections: Set<unknown>; _onError(e: Error): void; _onClientConnect(d: unknown): void; options: { maxClients?: number } };
-  s.connect = function (socket, socketOptions) {
-    const C = SMTPConnection as unknown as new (server: unknown, socket: unknown, o: unknown) => {
-      on(ev: string, fn: (x: never) => void): void; _setListeners(cb: () => void): void; connectionReady(): void; send(c: number, m: string, ctx?: unknown): void; name: string;
-    };
-    const connection = new C(this, socket, socketOptions);
-    this.connections.add(connection);
-    connection.on("error", (err: Error) => this._onError(err));
-    connection.on("connect", (data: unknown) => this._onClientConnect(data));
-    connection._setListeners(() => {
-      if (this.options.maxClients && this.connections.size > this.options.maxClients) {
-        return connection.send(421, `${connection.name} Too many connected clients, try again in a moment`, false);
-      }
-      connection.connectionReady();
-    });
-  };
 }

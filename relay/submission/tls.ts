@@ -17,6 +17,7 @@ export class CertWatcher {
   readonly #log: Logger;
   readonly #onChange: (pair: CertPair) => void;
   #stamp = "";
+  #warned = false;
   #watcher: FSWatcher | undefined;
   #timer: NodeJS.Timeout | undefined;
   #debounce: NodeJS.Timeout | undefined;
@@ -42,9 +43,13 @@ export class CertWatcher {
       const x = new X509Certificate(cert);
       if (!x.checkPrivateKey(createPrivateKey(key))) throw new Error("tls.key does not match tls.crt");
       this.#stamp = stamp;
+      this.#warned = false;
       this.#log.info("submission certificate loaded", { subject: x.subject.replace(/\n/g, ", "), validTo: x.validTo });
       return { key, cert };
     } catch (e) {
+      // Once per state change, not on every 30 s check.
+      if (this.#warned) return undefined;
+      this.#warned = true;
       this.#log.warn("submission certificate not loaded", { dir: this.#dir, error: (e as NodeJS.ErrnoException).code ?? (e as Error).message });
       return undefined;
     }

@@ -101,13 +101,18 @@ export class Suppressions {
     };
     const data = JSON.stringify(value);
     const ttl = o.ttlMs && o.ttlMs > 0 && this.#o.perKeyTtl ? ttlString(o.ttlMs) : undefined;
-    // TTLs can be set only when a key is created (nats.js v3): an existing entry is purged first.
+    // TTLs can be set only when a key is created (nats.js v3). An existing entry that already
+    // lasts at least as long is left alone (concurrent adds of one address are common: a burst
+    // of bounces); otherwise it is purged and created again.
     for (let attempt = 0; ; attempt++) {
       try {
         await this.#kv.create(key, data, ttl);
         break;
       } catch (e) {
-        if (attempt >= 3 || !/wrong last sequence|exists/i.test((e as Error).message)) throw e;
+        if (attempt >= 5 || !/wrong last sequence|exists/i.test((e as Error).message)) throw e;
+        this.#cache.delete(key);
+        const cur = await this.#get(key);
+        if (cur && (!cur.expiresAt || (value.expiresAt !== undefined && cur.expiresAt >= value.expiresAt))) break;
         await this.#kv.purge(key);
       }
     }
