@@ -51,38 +51,61 @@ export const command: Command = {
     if (positionals.length > 1) throw new UsageError(`unexpected argument "${positionals[1]}"`);
     const only = positionals[0];
     return withFleet(common, async (fleet) => {
-      const now = Date.now();
-      let pools = await listPools(fleet, common.namespace);
-      if (only) {
-        const hit = pools.filter((p) => id(p) === only || p.metadata.name === only);
-        if (!hit.length) throw new Error(`IPPool ${only} not found${pools.length ? ` (pools: ${pools.map(id).join(", ")})` : " (there are no IPPools)"}`);
-        pools = hit;
+      const r = await statusReport(fleet, { namespace: common.namespace, ...(only ? { pool: only } : {}) });
+      if (common.output === "json") printJson(statusJson(fleet, r));
+      else {
+        print(render(r.rows, r.result, r.queues, values["all-lanes"] === true, r.now));
+        for (const w of r.warnings) warn(w);
       }
-      const warnings: string[] = [];
-      const { plan, rules, queues } = await natsSide(fleet, pools, warnings, now);
-      const result = pools.map((p) => {
-        const lanes = laneViews({ pool: p, plan: plan?.pools.find((x) => x.id === id(p)), rules: rules.filter((r) => r.pool === id(p)), now });
-        const q = queues?.find((x) => x.pool === id(p));
-        return { pool: p, lanes, queue: q };
-      });
-      const rows: PoolRow[] = result.map(({ pool, lanes, queue }) => poolRow(pool, lanes, queue, now));
-      if (common.output === "json") {
-        printJson({
-          cluster: fleet.server(),
-          planRevision: plan?.revision ?? null,
-          pools: rows,
-          lanes: result.flatMap(({ pool, lanes }) => lanes.map((l) => ({ pool: id(pool), ...l }))),
-          queues: (queues ?? []).map(queueJson(now)),
-          warnings,
-        });
-      } else {
-        print(render(rows, result, queues, values["all-lanes"] === true, now));
-        for (const w of warnings) warn(w);
-      }
-      return warnings.some((w) => w.startsWith("NATS")) ? 1 : 0;
+      return r.warnings.some((w) => w.startsWith("NATS")) ? 1 : 0;
     });
   },
 };
+
+export interface StatusReport {
+  now: number;
+  plan?: Plan;
+  rows: PoolRow[];
+  result: { pool: IPPool; lanes: LaneView[]; queue?: PoolQueue }[];
+  queues?: PoolQueue[];
+  warnings: string[];
+}
+
+/** What `mailfleet status` shows, as data (the local fleet's live view calls this every few seconds). */
+export async function statusReport(fleet: Fleet, o: { namespace?: string; pool?: string } = {}): Promise<StatusReport> {
+  const now = Date.now();
+  let pools = await listPools(fleet, o.namespace);
+  if (o.pool) {
+    const hit = pools.filter((p) => id(p) === o.pool || p.metadata.name === o.pool);
+    if (!hit.length) throw new Error(`IPPool ${o.pool} not found${pools.length ? ` (pools: ${pools.map(id).join(", ")})` : " (there are no IPPools)"}`);
+    pools = hit;
+  }
+  const warnings: string[] = [];
+  const { plan, rules, queues } = await natsSide(fleet, pools, warnings, now);
+  const result = pools.map((p) => {
+    const lanes = laneViews({ pool: p, plan: plan?.pools.find((x) => x.id === id(p)), rules: rules.filter((r) => r.pool === id(p)), now });
+    const q = queues?.find((x) => x.pool === id(p));
+    return { pool: p, lanes, ...(q ? { queue: q } : {}) };
+  });
+  const rows: PoolRow[] = result.map(({ pool, lanes, queue }) => poolRow(pool, lanes, queue, now));
+  return { now, ...(plan ? { plan } : {}), rows, result, ...(queues ? { queues } : {}), warnings };
+}
+
+/** The text of `mailfleet status` (without the warnings). */
+export function statusText(r: StatusReport, o: { allLanes?: boolean } = {}): string {
+  return render(r.rows, r.result, r.queues, o.allLanes === true, r.now);
+}
+
+function statusJson(fleet: Fleet, r: StatusReport) {
+  return {
+    cluster: fleet.server(),
+    planRevision: r.plan?.revision ?? null,
+    pools: r.rows,
+    lanes: r.result.flatMap(({ pool, lanes }) => lanes.map((l) => ({ pool: id(pool), ...l }))),
+    queues: (r.queues ?? []).map(queueJson(r.now)),
+    warnings: r.warnings,
+  };
+}
 
 async function natsSide(fleet: Fleet, pools: IPPool[], warnings: string[], now: number): Promise<{ plan?: Plan; rules: LaneRuleState[]; queues?: PoolQueue[] }> {
   let plan: Plan | undefined;
@@ -90,7 +113,7 @@ async function natsSide(fleet: Fleet, pools: IPPool[], warnings: string[], now: 
   let queues: PoolQueue[] | undefined;
   try {
     const h = await fleet.nats();
-    plan = await fleet.plan();
+    plan = await fleet.freshPlan();
     if (!plan) warnings.push("no fleet plan in NATS yet (KV mailfleet-plan): is the operator running?");
     const kv = plan ? await fleet.kv(SHAPER_BUCKET, { optional: true }) : undefined;
     if (kv && plan) rules = await readLaneStates(kv, { plan, now });
