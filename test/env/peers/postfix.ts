@@ -65,6 +65,9 @@ export interface PostfixListener {
   requireTls?: boolean;
   /** Offer STARTTLS (self-signed certificate, see handle.tlsCertPem). Default false; requireTls implies it. */
   tlsOffered?: boolean;
+  /** A receiver slow to answer: smtpd waits this long after the message data before its reply
+   * (`smtpd_end_of_data_restrictions = sleep N`, a content scanner's pace). Default 0. */
+  endOfDataDelaySeconds?: number;
 }
 
 export interface StartPostfixOptions {
@@ -135,6 +138,9 @@ export interface PostfixHandle {
    * ends the processes of a service removed on reload, as a host going down would). */
   stopListener(address: string): Promise<void>;
   startListener(address: string): Promise<void>;
+  /** From the next session on, the listener waits `seconds` before answering the end of DATA
+   * (0: answers at once). Reloads, like every change. */
+  setEndOfDataDelay(address: string, seconds: number): Promise<void>;
   /** `postfix reload`, then waits until idle smtpd processes of the old configuration are gone.
    * A reload restarts anvil too: every rate counter starts a new window and connection counts
    * forget the sessions already open. setClientReply, clearClientReply, stopListener and
@@ -411,6 +417,7 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
       out.push(o('smtpd_recipient_restrictions', rcpt));
       const level = s.requireTls ? 'encrypt' : s.tlsOffered ? 'may' : 'none';
       out.push(o('smtpd_tls_security_level', level));
+      if (s.endOfDataDelaySeconds) out.push(o('smtpd_end_of_data_restrictions', `sleep ${s.endOfDataDelaySeconds}`));
     }
     out.push(MASTER_SERVICES);
     await writeFile(join(confDir, 'master.cf'), out.join('\n'));
@@ -585,6 +592,12 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
           }
         }
       }
+    },
+    async setEndOfDataDelay(address, seconds) {
+      if (!Number.isInteger(seconds) || seconds < 0) throw new PeerError(COMPONENT, `setEndOfDataDelay seconds must be a whole number >= 0, got ${seconds}`);
+      for (const l of findListener(address, 'setEndOfDataDelay address')) l.spec = { ...l.spec, endOfDataDelaySeconds: seconds };
+      await writeMasterCf();
+      await reload();
     },
     async startListener(address) {
       const ls = findListener(address, 'startListener address');
