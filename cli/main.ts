@@ -55,7 +55,9 @@ export async function main(argv: string[]): Promise<number> {
     return await cmd.run(rest);
   } catch (e) {
     if (e instanceof UsageError) {
-      process.stderr.write(`mailfleet ${name}: ${e.message}\n\n${cmd.usage.trimEnd()}\n`);
+      // The synopsis (the usage text's first paragraph), not the whole help: the message stays in view.
+      const synopsis = cmd.usage.trimEnd().split(/\n\s*\n/)[0]!;
+      process.stderr.write(`mailfleet ${name}: ${e.message}\n\n${synopsis}\n\nRun \`mailfleet ${name} --help\` for the options.\n`);
       return 2;
     }
     const err = e as Error;
