@@ -44,15 +44,34 @@ export interface DeliveryOptions {
 }
 
 /** The pool addresses this relay sends from (section 5 of the architecture). */
-export function ownedAddresses(pool: PoolPlan, configured: string[], nodeName: string, local: Set<string> = localAddresses()): Set<string> {
+export function ownedAddresses(
+  pool: PoolPlan, configured: string[], nodeName: string, isLocal: (address: string) => boolean = isLocalAddress,
+): Set<string> {
   if (configured.length) return new Set(configured);
-  return new Set(pool.addresses.filter((a) => (nodeName && a.nodeName === nodeName) || local.has(a.address)).map((a) => a.address));
+  // An address pinned to a node belongs to that node only; an unpinned one to any node carrying it.
+  return new Set(pool.addresses.filter((a) => (a.nodeName ? a.nodeName === nodeName : isLocal(a.address))).map((a) => a.address));
 }
 
-function localAddresses(): Set<string> {
-  const out = new Set<string>();
-  for (const list of Object.values(networkInterfaces())) for (const i of list ?? []) out.add(i.address);
-  return out;
+/**
+ * Whether this host can send from `address`: an interface carries it, or it lies in a loopback
+ * interface's network (Linux routes all of 127.0.0.0/8 locally, so any 127.x can be bound).
+ */
+export function isLocalAddress(address: string): boolean {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const i of list ?? []) {
+      if (i.address === address) return true;
+      if (i.internal && i.family === "IPv4" && i.cidr && isIPv4InCidr(address, i.cidr)) return true;
+    }
+  }
+  return false;
+}
+
+function isIPv4InCidr(address: string, cidr: string): boolean {
+  const [net, bits] = cidr.split("/") as [string, string];
+  const toInt = (ip: string) => ip.split(".").reduce((acc, o) => (acc << 8) + Number(o), 0) >>> 0;
+  if (!/^\d+\.\d+\.\d+\.\d+$/.test(address)) return false;
+  const mask = Number(bits) === 0 ? 0 : (~0 << (32 - Number(bits))) >>> 0;
+  return (toInt(address) & mask) === (toInt(net) & mask);
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)).unref());
