@@ -25,6 +25,8 @@ export interface LocalUpOptions {
   crdsDir?: string;
   /** Start operator/main.ts when it exists (default true). */
   operator?: boolean;
+  /** Extra operator flags, e.g. --dns-servers and --relay-env=MAILFLEET_DNS_SERVERS=... for test DNS. */
+  operatorArgs?: string[];
   /** The relay runner (default: process mode); false: none (relay Pods stay fake). */
   runner?: false | { mode?: "process" | "podman"; image?: string };
   /** Progress lines (default: stderr). */
@@ -163,7 +165,7 @@ export async function localUp(o: LocalUpOptions = {}): Promise<{ state: LocalSta
       const p = startProcess({
         name: "operator",
         command: process.execPath,
-        args: [main, "--kubeconfig", cp.kubeconfigPath, "--nats", nats.urls.join(",")],
+        args: [main, "--kubeconfig", cp.kubeconfigPath, "--nats", nats.urls.join(","), ...(o.operatorArgs ?? [])],
         logFile,
         cwd: PROJECT_ROOT,
         detach: true,
