@@ -75,8 +75,10 @@ export interface FleetOptions {
   natsNodes?: 1 | 3;
   /** kwok nodes: the examples' HostNetwork pool wants one per replica. */
   nodes?: number;
-  /** Apply examples/ (default true). */
-  examples?: boolean;
+  /** Apply examples/ (default true), or only the example objects this keeps. */
+  examples?: boolean | ((o: K8sObject) => boolean);
+  /** DNS records besides the test zones and what the operator asks for. */
+  extraRecords?: DnsRecord[];
   /** Start Prometheus (default true). */
   prometheus?: boolean;
   /** Extra operator flags. */
@@ -295,7 +297,7 @@ export async function startFleet(o: FleetOptions = {}): Promise<Fleet> {
     let dnsFailing = false;
     let lastRecords = "";
     const records = async (): Promise<DnsRecord[]> => {
-      const out: DnsRecord[] = [];
+      const out: DnsRecord[] = [...(o.extraRecords ?? [])];
       for (const r of RECEIVERS) {
         out.push({ type: "A", name: r.mx, value: receiverAddress(r) });
         for (const d of r.domains) out.push({ type: "MX", name: d, value: r.mx, priority: 10 });
@@ -333,7 +335,8 @@ export async function startFleet(o: FleetOptions = {}): Promise<Fleet> {
 
     if (o.examples !== false) {
       log("applying examples/");
-      for (const x of exampleObjects(cp.nodes)) await apply(x);
+      const keep = typeof o.examples === "function" ? o.examples : () => true;
+      for (const x of exampleObjects(cp.nodes).filter(keep)) await apply(x);
     }
 
     let prom: PrometheusHandle | undefined;
