@@ -40,6 +40,16 @@ export interface AttemptDeps {
   port: number;
   ca?: string[];
   connectTimeoutMs?: number;
+  /** Asked right before the transaction opens: false when the send slot may no longer be spent. */
+  gate?: () => boolean;
+}
+
+/** The send slot could not be spent (grace passed, lane suspended meanwhile): nothing was sent. */
+export class SlotLost extends Error {
+  constructor() {
+    super("send slot no longer valid");
+    this.name = "SlotLost";
+  }
 }
 
 export interface AttemptInput {
@@ -142,6 +152,10 @@ export async function attemptPart(input: AttemptInput, deps: AttemptDeps): Promi
         // Greeting refusals (421 too many connections, 554 no service) are lane signals too.
         if (/^[45]\d\d/.test(last.c.code) && (err as SmtpError).response) await deps.limiter.observe(lane, asObservation(last.c, last.reply));
         continue;
+      }
+      if (deps.gate && !deps.gate()) {
+        deps.pool.release(session, provider?.lane.messagesPerConnection ?? 100);
+        throw new SlotLost();
       }
       const tx = await session.send(env.returnPath, env.rcpts, input.body, env.dsn ? { envid: env.dsn.envid, ret: env.dsn.ret } : undefined);
       const rcpts: RcptResult[] = [];

@@ -22,7 +22,7 @@ import { routerFor, type Router } from "../routing/router.ts";
 import { LocalLaneLimiter } from "../shaper/local.ts";
 import { laneId, type LaneLimiter, type LaneRef } from "../shaper/types.ts";
 import { ACK_WAIT_MS, ensureQueueConsumer } from "./consumers.ts";
-import { attemptPart, type RcptResult } from "./attempt.ts";
+import { attemptPart, SlotLost, type RcptResult } from "./attempt.ts";
 import { BodyNotFound, BodyStore } from "./body.ts";
 import { deliveryMetrics, type DeliveryMetrics } from "./metrics.ts";
 import { Outcomes, type Suppressor } from "./outcomes.ts";
@@ -388,6 +388,8 @@ export class Delivery implements Component {
           port: this.#ctx.config.MAILFLEET_DELIVERY_PORT,
           ...(this.#o.ca ? { ca: this.#o.ca } : {}),
           ...(this.#o.connectTimeoutMs ? { connectTimeoutMs: this.#o.connectTimeoutMs } : {}),
+          // The shaper's last word on the slot (suspended meanwhile, grace passed).
+          gate: () => this.#limiter.spend?.(lane, slot) ?? true,
         },
       );
       free();
@@ -399,6 +401,11 @@ export class Delivery implements Component {
     } catch (err) {
       if (err instanceof NoConnectionSlot) {
         m.nak(1000);
+        return;
+      }
+      if (err instanceof SlotLost) {
+        // Nothing was sent: back to the stream at once, for a lane (or relay) that can send.
+        m.nak();
         return;
       }
       this.#log.warn("attempt not recorded; the envelope goes back to the queue", { error: err as Error });

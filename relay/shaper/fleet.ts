@@ -347,7 +347,8 @@ export class FleetLaneLimiter implements LaneLimiter {
       L.out.set(h.at, list);
     }
     if (this.#needsRefill(L, t) && !L.refill) this.#startRefill(L);
-    if (take.length) return { slots: take.map((h) => h.at), retryAt: t };
+    // Delivery gives back slots that pass while its fetch waits; spend() has the exact deadline.
+    if (take.length) return { slots: take.map((h) => h.at), retryAt: t, graceMs: Math.min(...take.map((h) => h.deadline - h.at)) };
     return { slots: [], retryAt: Math.max(t + 20, Math.min(L.nextTry, t + 1000)) };
   }
 
@@ -371,7 +372,7 @@ export class FleetLaneLimiter implements LaneLimiter {
       return false;
     }
     if (now > deadline || now < slot - 2) {
-      this.#metrics?.slots.inc({ ...labels, outcome: "missed" });
+      this.#metrics?.slots.inc({ ...labels, outcome: "late" });
       this.#giveBack(L, [slot]);
       return false;
     }
@@ -745,6 +746,8 @@ export class FleetLaneLimiter implements LaneLimiter {
       if (k.open < this.#allowance(k, max, now)) continue;
       k.lastBusy = now;
       if (this.#isLocal() || max === null) return { retryAt: now + 250 };
+      // Every connection held by live relays as of a recent read: ask again later, without I/O.
+      if (k.known && now - k.readAt < 1000 && k.conns + othersConnections(k.known, this.#self, now, this.#lease) >= max) return { retryAt: now + 250 };
       try {
         await this.#update(k, (cur, t) => {
           const r = touchRelay(cur, this.#self, t, this.#lease, k.open + 1, max);

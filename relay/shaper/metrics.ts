@@ -48,7 +48,7 @@ export function shaperMetrics(registry: Registry): ShaperMetrics {
     }),
     slots: new Counter({
       name: "mailfleet_shaper_slots_total",
-      help: "Send slots by outcome: reserved, spent, missed (grace passed unused), dropped (suspension, slow-down, unmatched provider/address capacity)",
+      help: "Send slots by outcome: reserved, spent, missed (grace passed before delivery took it), late (delivery came after its grace: not sent), dropped (suspension, slow-down, unmatched provider/address capacity)",
       labelNames: [...lane, "outcome"], registers,
     }),
     storeOps: new Counter({ name: "mailfleet_shaper_store_operations_total", help: "Shaper KV operations by kind and result (ok, conflict, unavailable)", labelNames: ["op", "result"], registers }),

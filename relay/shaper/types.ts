@@ -91,5 +91,16 @@ export interface LaneLimiter {
   /** Feeds a reply; applies any response rule it triggers and says what it means for the message. */
   observe(lane: LaneRef, obs: Observation): Promise<RuleEffect>;
   view(lane: LaneRef): LaneView;
+  /**
+   * Called right before a transaction opens on a slot: false when the slot may no longer be spent
+   * (its grace passed, or the lane was suspended since it was granted); the message then goes back
+   * to the queue unsent. Optional: a limiter without it lets every granted slot be spent.
+   */
+  spend?(lane: LaneRef, slot: number): boolean;
+  /**
+   * Whether every lane of the pool for the provider is held by its warm-up quota, and none by
+   * anything else (suspension, plan state): then the backlog may go to the pool's overflow pool.
+   */
+  quotaHeldEverywhere?(pool: string, provider: string): Promise<boolean>;
   close(): Promise<void>;
 }
