@@ -81,6 +81,22 @@ function poolAddresses(plan: PlanIndex, pool: string): Set<string> {
   return new Set(plan.pools.get(pool)?.addresses.map((a) => a.address) ?? []);
 }
 
+/** A report that cannot be read (malformed MIME, not a DSN or ARF after all): it will not read next time either. */
+export class UnreadableReport extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UnreadableReport";
+  }
+}
+
+async function read<T>(what: string, parse: () => Promise<T>): Promise<T> {
+  try {
+    return await parse();
+  } catch (e) {
+    throw new UnreadableReport(`${what}: ${(e as Error).message}`);
+  }
+}
+
 export async function processInbound(raw: Buffer, rcpts: string[], deps: InboundDeps): Promise<{ kind: InboundKind; events: number }> {
   const plan = deps.plan();
   if (!plan) throw new Error("no fleet plan yet");
@@ -89,12 +105,12 @@ export async function processInbound(raw: Buffer, rcpts: string[], deps: Inbound
   const isReport = (t: string) => new RegExp(`^content-type:\\s*multipart/report;[^]*?report-type="?${t}`, "im").test(text);
 
   if (isReport("feedback-report")) {
-    const arf = await parseArf(raw);
+    const arf = await read("parseArf", () => parseArf(raw));
     const n = await complaint(arf, rcpts, text, id, plan, deps);
     return { kind: "arf", events: n };
   }
   if (isReport("delivery-status")) {
-    const dsn = await classifyDsn(raw);
+    const dsn = await read("classifyDsn", () => classifyDsn(raw));
     const n = await bounces(dsn, rcpts, text, id, plan, deps);
     return { kind: "dsn", events: n };
   }

@@ -12,7 +12,7 @@ import { routerFor, type Router } from "../routing/router.ts";
 import { deliveryMetrics, type DeliveryMetrics } from "../delivery/metrics.ts";
 import { suppressorFor } from "../delivery/suppress.ts";
 import type { Suppressor } from "../delivery/outcomes.ts";
-import { acceptsRecipient, processInbound } from "./reports.ts";
+import { acceptsRecipient, processInbound, UnreadableReport } from "./reports.ts";
 
 const MAX_SIZE = 10 * 1024 * 1024;
 
@@ -110,7 +110,7 @@ export class InboundServer implements Component {
         },
         (err: Error) => {
           // A report that cannot be parsed will not parse next time either: take it and log.
-          if (/classifyDsn|parseArf|not a delivery status|not an ARF|feedback report/.test(err.message)) {
+          if (err instanceof UnreadableReport || /classifyDsn|parseArf|not a delivery status|not an ARF|feedback report/.test(err.message)) {
             this.#metrics.inbound.inc({ kind: "other" });
             this.#log.warn("inbound report not understood; dropped", { error: err });
             return cb(null, "2.6.0 Received");
