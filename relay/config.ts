@@ -1,10 +1,14 @@
 // Relay configuration from its environment: the contract between the operator (which writes these
 // variables into the relay Pod template), the test runner (which plays the kubelet) and the relay.
 import { z } from "zod";
-import { parseQuantity } from "../api/units.ts";
+import { parseDuration, parseQuantity } from "../api/units.ts";
 
 const list = z.string().default("").transform((s) => s.split(",").map((x) => x.trim()).filter(Boolean));
 const port = (d: number) => z.coerce.number().int().min(0).max(65535).default(d);
+const count = (d: number) => z.coerce.number().int().min(1).default(d);
+const duration = (d: string) => z.string().default(d).transform((s, ctx) => {
+  try { return parseDuration(s); } catch (e) { ctx.addIssue({ code: "custom", message: (e as Error).message }); return z.NEVER; }
+});
 
 export const relayEnv = z.object({
   /** NATS server URLs, comma-separated. */
@@ -37,6 +41,15 @@ export const relayEnv = z.object({
   /** SMTP port of receivers (25; tests point it elsewhere). */
   MAILFLEET_DELIVERY_PORT: port(25),
   MAILFLEET_MAX_MESSAGE_SIZE: z.string().default("25Mi").transform((s) => parseQuantity(s)),
+  /** SMTP listeners (submission and inbound), relay/README.md "Security": connections from all clients, and from one address. */
+  MAILFLEET_SMTP_MAX_CONNECTIONS: count(5000),
+  MAILFLEET_SMTP_MAX_CONNECTIONS_PER_IP: count(100),
+  /** No byte from the client for this long closes the connection. */
+  MAILFLEET_SMTP_IDLE_TIMEOUT: duration("60s"),
+  /** A command line (or a TLS handshake, or the start of DATA) must be complete within this. */
+  MAILFLEET_SMTP_COMMAND_TIMEOUT: duration("30s"),
+  /** Bytes per second DATA must keep up once its first command timeout is used. */
+  MAILFLEET_SMTP_MIN_DATA_RATE: count(1024),
   /** Replicas of the mail streams: 1 (single NATS node, fsync before 250) or 3 (quorum before 250). */
   MAILFLEET_STREAM_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
   MAILFLEET_LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),

@@ -180,11 +180,10 @@ export class HttpServer implements Component {
       const decoded = m ? Buffer.from(m[1]!, "base64").toString("utf8") : "";
       const colon = decoded.indexOf(":");
       const username = colon > 0 ? decoded.slice(0, colon) : "";
-      const user = username ? await this.#acceptor.auth.verify(plan, username, decoded.slice(colon + 1)) : null;
+      // Throttled per client address like SMTP AUTH (relay/submission/auth.ts).
+      const { user, failures, waitedMs } = await this.#acceptor.auth.check(ip, plan, username, decoded.slice(colon + 1));
       if (!user) {
-        const delay = this.#acceptor.auth.failure(ip);
-        this.#log.warn("HTTP authentication failed", { username: username.slice(0, 128), ip, delayMs: delay });
-        await new Promise((r) => setTimeout(r, delay));
+        this.#log.warn("HTTP authentication failed", { username: username.slice(0, 128), ip, failures, waitedMs });
         return new AcceptError(530, "5.7.8", "Authentication credentials invalid");
       }
       return { submitter: `http:${user}`, allowed: plan.credentials.get(user)!.domains };

@@ -8,6 +8,7 @@ import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "s
 import type { Component, RelayContext } from "../runtime/context.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { CertWatcher } from "../submission/tls.ts";
+import { guardConnections, guardCounter, limitsFromConfig, type ConnectionGuard } from "../submission/connections.ts";
 import { routerFor, type Router } from "../routing/router.ts";
 import { deliveryMetrics, type DeliveryMetrics } from "../delivery/metrics.ts";
 import { suppressorFor } from "../delivery/suppress.ts";
@@ -38,6 +39,7 @@ export class InboundServer implements Component {
   #router!: Router;
   #suppressor?: Suppressor;
   #draining = false;
+  #guard?: ConnectionGuard;
 
   constructor(o: InboundOptions = {}) {
     this.#o = o;
@@ -75,6 +77,13 @@ export class InboundServer implements Component {
       onData: (stream, session, cb) => this.#onData(stream, session, cb),
     });
     this.#server.on("error", (e) => this.#log.warn("inbound smtp error", { error: e }));
+    // The MX of the return-path domains faces the whole Internet: the same connection limits and
+    // deadlines as submission (relay/README.md "Security"), with smtp-server's early-talker pause.
+    const events = guardCounter(ctx.registry);
+    this.#guard = guardConnections(this.#server, {
+      limits: limitsFromConfig(ctx.config), earlyTalkerDelay: true, log: this.#log,
+      onEvent: (reason) => events.inc({ listener: "inbound", reason }),
+    });
     const host = this.#o.host ?? ctx.config.MAILFLEET_LISTEN_ADDRESS;
     await new Promise<void>((resolve, reject) => {
       this.#server!.once("error", reject);
@@ -129,6 +138,7 @@ export class InboundServer implements Component {
   async stop(): Promise<void> {
     this.#draining = true;
     this.#certs?.stop();
+    this.#guard?.stop();
     if (this.#server) await new Promise<void>((r) => this.#server!.close(() => r()));
   }
 }
