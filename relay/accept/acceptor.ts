@@ -64,6 +64,7 @@ export const REPLIES = {
   tooBig: (max: number) => new AcceptError(552, "5.3.4", `Message size exceeds fixed maximum message size (${max} bytes)`),
   badAddress: (what: string) => new AcceptError(501, "5.1.7", `Bad ${what} address syntax`),
   badRecipient: () => new AcceptError(501, "5.1.3", "Bad recipient address syntax"),
+  routedRecipient: () => new AcceptError(501, "5.1.3", "Bad recipient address syntax: % and ! routing in the local part is not relayed"),
   keyMissing: () => new AcceptError(451, "4.3.0", "DKIM key not available, try again later"),
 };
 
@@ -76,6 +77,18 @@ export function domainOfAddress(address: string): string {
 const ADDRESS_RE = /^[^\s<>@"]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}\.?$|^"[^"\r\n]+"@(?:[A-Za-z0-9-]+\.)+[A-Za-z0-9-]{2,63}$/;
 export function isAddress(a: string): boolean {
   return a.length <= 320 && ADDRESS_RE.test(a);
+}
+
+/**
+ * A recipient whose local part routes onwards (the "percent hack" user%host@domain, a UUCP bang
+ * path host!user@domain): receivers treat these as relay attempts (Postfix answers 554 5.7.1
+ * Relay access denied) and blocklist traps probe with them, so they are refused at submission
+ * rather than sent from the fleet's addresses. Source routes (<@a:b@c>) never get here: smtp-server
+ * drops the route, as RFC 5321 appendix C says.
+ */
+export function isRoutedRecipient(a: string): boolean {
+  const at = a.lastIndexOf("@");
+  return /[%!]/.test(at > 0 ? a.slice(0, at) : a);
 }
 
 export interface SubmitRequest {

@@ -23,7 +23,7 @@ import { createServer as createNetServer, type Server as NetServer, type Socket 
 import { createRequire } from "node:module";
 import type { TLSSocket } from "node:tls";
 import { z } from "zod";
-import { AcceptError, isAddress, REPLIES, type Acceptor } from "../accept/acceptor.ts";
+import { AcceptError, isAddress, isRoutedRecipient, REPLIES, type Acceptor } from "../accept/acceptor.ts";
 import { verifyUnsubscribeToken } from "../accept/unsubscribe.ts";
 import { digest, publishEvent, type MailEvent } from "../delivery/events.ts";
 import { networkDomains, networksFor } from "../plan/index.ts";
@@ -34,10 +34,21 @@ import { CertWatcher } from "../submission/tls.ts";
 const require = createRequire(import.meta.url);
 const MailComposer = require("nodemailer/lib/mail-composer") as new (o: Record<string, unknown>) => { compile(): { build(cb: (e: Error | null, m: Buffer) => void): void } };
 
+// Header fields become lines of the message: a name is RFC 5322 ftext (printable ASCII but the
+// colon), a value has no CR, LF or NUL (nodemailer would quietly fold or mangle them; a clear
+// refusal that names the header is better than a header the application did not write).
+const FIELD_NAME = /^[\x21-\x39\x3b-\x7e]{1,76}$/;
+const oneLine = z.string().max(16_384).refine((v) => !/[\r\n\0]/.test(v), "must not contain CR, LF or NUL");
+const headerMap = z.record(z.string(), oneLine).superRefine((h, ctx) => {
+  for (const name of Object.keys(h)) {
+    if (!FIELD_NAME.test(name)) ctx.addIssue({ code: "custom", path: [name], message: "is not a header field name (printable ASCII without colon or space)" });
+  }
+});
+
 const messageRequest = z.object({
   envelope: z.object({ from: z.string(), to: z.array(z.string()).min(1).max(1000) }),
-  headers: z.record(z.string(), z.string()).optional(),
-  subject: z.string().optional(),
+  headers: headerMap.optional(),
+  subject: oneLine.optional(),
   text: z.string().optional(),
   html: z.string().optional(),
   raw: z.string().optional(),
@@ -216,6 +227,7 @@ export class HttpServer implements Component {
     if (!isAddress(from)) return this.#refuse(res, REPLIES.badAddress("sender"));
     const bad = parsed.envelope.to.find((r) => !isAddress(r));
     if (bad !== undefined) return this.#refuse(res, REPLIES.badRecipient());
+    if (parsed.envelope.to.some(isRoutedRecipient)) return this.#refuse(res, REPLIES.routedRecipient());
     try {
       const dp = this.#acceptor.senderDomain(id.allowed, from, "envelope");
       this.#acceptor.takeRate(id.submitter, dp);

@@ -12,7 +12,7 @@
 import { Counter, Gauge } from "prom-client";
 import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerDataStream, type SMTPServerSession } from "smtp-server";
 import type { Envelope } from "../queue/envelope.ts";
-import { AcceptError, isAddress, REPLIES, type Acceptor } from "../accept/acceptor.ts";
+import { AcceptError, isAddress, isRoutedRecipient, REPLIES, type Acceptor } from "../accept/acceptor.ts";
 import { networkDomains, networksFor } from "../plan/index.ts";
 import type { Component, RelayContext } from "../runtime/context.ts";
 import type { Logger } from "../runtime/logger.ts";
@@ -252,6 +252,7 @@ export class SubmissionServer implements Component {
       const bad = unknownParam(address, RCPT_PARAMS);
       if (bad !== undefined) throw new AcceptError(555, "5.5.4", `RCPT TO parameter not recognized: ${bad.replace(/[^\x21-\x7e]/g, "?").slice(0, 32)}`);
       if (!isAddress(rcpt)) throw REPLIES.badRecipient();
+      if (isRoutedRecipient(rcpt)) throw REPLIES.routedRecipient();
       if (session.envelope.rcptTo.length >= (this.#o.maxRecipients ?? 1000)) throw new AcceptError(452, "4.5.3", "Too many recipients");
       const dp = this.#acceptor.senderDomain(st.allowed, session.envelope.mailFrom ? session.envelope.mailFrom.address : "", "envelope");
       if ((await this.#acceptor.recipientCheck(dp, rcpt)) === "drop") st.dropped.add(rcpt);

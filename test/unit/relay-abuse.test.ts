@@ -1,13 +1,69 @@
-// The pure parts of the relay's defences against abuse (relay/README.md "Security"): the AUTH
-// throttle, and the inbound listener's report parsing. test/integration/abuse.test.ts drives the
-// same through a running relay.
+// The pure parts of the relay's defences against abuse (relay/README.md "Security"): the header
+// syntax check, recipient routing, and the AUTH throttle. test/integration/abuse.test.ts drives
+// the same through a running relay.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import fc from "fast-check";
 import { PLAN_SCHEMA, DEFAULT_DELIVERY, type Plan } from "../../api/plan.ts";
 import { hashPassword } from "../../api/password.ts";
+import { isRoutedRecipient } from "../../relay/accept/acceptor.ts";
+import { normalizeLineEndings, splitMessage } from "../../relay/accept/normalize.ts";
+import { MAX_HEADER_BYTES, messageProblem } from "../../relay/accept/syntax.ts";
 import { buildIndex } from "../../relay/plan/index.ts";
 import { processInbound, UnreadableReport, type InboundDeps } from "../../relay/inbound/reports.ts";
 import { Authenticator } from "../../relay/submission/auth.ts";
+
+const problem = (text: string | Buffer) => {
+  const raw = Buffer.isBuffer(text) ? text : Buffer.from(text, "latin1");
+  return messageProblem(raw, splitMessage(normalizeLineEndings(raw)).header);
+};
+
+describe("header syntax (relay/accept/syntax.ts)", () => {
+  const fieldName = fc.stringMatching(/^[\x21-\x39\x3b-\x7e]{1,30}$/);
+  const fieldValue = fc.stringMatching(/^[\x20-\x7e\x80-\xff]{0,60}$/);
+  const field = fc.tuple(fieldName, fc.constantFrom("", " ", "\t"), fieldValue, fc.array(fc.stringMatching(/^[ \t][\x20-\x7e]{0,20}$/), { maxLength: 2 }))
+    .map(([n, ws, v, folds]) => [`${n}${ws}:${v}`, ...folds].join("\r\n"));
+
+  it("takes any header made of fields and folded lines, with any body", () => {
+    fc.assert(fc.property(fc.array(field, { minLength: 1, maxLength: 20 }), fc.string(), (fields, body) => {
+      assert.equal(problem(`${fields.join("\r\n")}\r\n\r\n${body.replace(/\0/g, "")}`), null);
+    }), { seed: 7, numRuns: 300 });
+  });
+
+  it("refuses NUL anywhere, naming 554 5.6.0", () => {
+    fc.assert(fc.property(fc.array(field, { minLength: 1, maxLength: 5 }), fc.nat(), (fields, at) => {
+      const msg = Buffer.from(`${fields.join("\r\n")}\r\n\r\nbody\r\n`, "latin1");
+      const i = at % msg.length;
+      const withNul = Buffer.concat([msg.subarray(0, i), Buffer.from([0]), msg.subarray(i)]);
+      assert.deepEqual(problem(withNul), { code: 554, enhanced: "5.6.0", text: "Message contains NUL characters" });
+    }), { seed: 7, numRuns: 200 });
+  });
+
+  it("refuses a header line that is neither a field nor a continuation, and a first line that is folded", () => {
+    assert.match(problem("From: a@b.test\r\nnot a field\r\n\r\nx")!.text, /line 2/);
+    assert.match(problem("From: a@b.test\r\nFrom a@b.test Mon Jan 1\r\n\r\nx")!.text, /line 2/);
+    assert.match(problem(" folded: first\r\nFrom: a@b.test\r\n\r\nx")!.text, /line 1/);
+    assert.match(problem("From: a@b.test\r\nX\u00e9: 8-bit name\r\n\r\nx")!.text, /line 2/);
+    // A bare CR or LF is a line end (normalised first): what follows it is judged as a line.
+    assert.match(problem("From: a@b.test\r\nSubject: a\rnot a field\r\n\r\nx")!.text, /line 3/);
+    assert.equal(problem("From: a@b.test\r\nSubject: a\nBcc: c@d.test\r\n\r\nx"), null);
+    assert.equal(problem("From : a@b.test\r\n\r\nx"), null, "obsolete space before the colon");
+  });
+
+  it("refuses a header section over the limit with 552 5.3.4, and takes one at it", () => {
+    const at = `X: ${"v".repeat(MAX_HEADER_BYTES - 5)}\r\n`;
+    assert.equal(at.length, MAX_HEADER_BYTES);
+    assert.equal(problem(`${at}\r\nbody`), null);
+    assert.deepEqual(problem(`X${at}\r\nbody`), { code: 552, enhanced: "5.3.4", text: `Message header size exceeds the limit (${MAX_HEADER_BYTES} bytes)` });
+  });
+});
+
+describe("recipient routing (isRoutedRecipient)", () => {
+  it("flags % and ! in the local part only", () => {
+    for (const a of ["a%b.test@c.test", "b.test!a@c.test", "\"a%b\"@c.test", "a%@c.test"]) assert.ok(isRoutedRecipient(a), a);
+    for (const a of ["a@c.test", "a.b+tag@c.test", "a@c-d.test"]) assert.ok(!isRoutedRecipient(a), a);
+  });
+});
 
 describe("AUTH throttle (relay/submission/auth.ts)", async () => {
   const plan: Plan = {
