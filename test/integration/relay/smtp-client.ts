@@ -79,9 +79,15 @@ export class RawSmtp {
     return this.reply();
   }
 
-  async starttls(ca: string, servername = "relay.mailfleet.test"): Promise<void> {
-    const r = await this.cmd("STARTTLS");
+  /**
+   * STARTTLS and the TLS handshake. `injected`: bytes written in the same packet right after the
+   * STARTTLS line (STARTTLS command injection, CVE-2011-0411): a correct server discards them.
+   */
+  async starttls(ca: string, servername = "relay.mailfleet.test", injected = ""): Promise<void> {
+    this.write(`STARTTLS\r\n${injected}`);
+    const r = await this.reply();
     if (r.code !== 220) throw new Error(`STARTTLS: ${r.code} ${r.text}`);
+    if (this.#buf) throw new Error(`STARTTLS: the server sent ${JSON.stringify(this.#buf)} after 220 in plaintext`);
     const plain = this.#socket as Socket;
     plain.removeAllListeners("data");
     const t = tlsConnect({ socket: plain, ca, servername });
