@@ -6,9 +6,9 @@ import { COMMON_USAGE, durationFlag, intFlag, parseWith, stringFlag } from "../l
 import { withFleet } from "../lib/fleet.ts";
 import { QUEUE_ID_RE } from "../../relay/queue/envelope.ts";
 import { isEmpty, parseSelection, resolvePools, SELECT_OPTIONS, SELECT_USAGE } from "./queue/select.ts";
-import { summary } from "./queue/summary.ts";
-import { find, show } from "./queue/show.ts";
-import { act, type Action } from "./queue/act.ts";
+
+// Subcommands are loaded when run (bounce brings in the delivery side's modules).
+type Action = "hold" | "release" | "purge" | "bounce";
 
 const usage = `usage: mailfleet queue [selection]
        mailfleet queue show <qid> [--since DUR]
@@ -71,6 +71,7 @@ export const command: Command = {
     if (sub === undefined) {
       flagOnly(["all", "yes", "dry-run", "reason", "since", "events"], "queue actions");
       const sel = parseSelection(values, ["route", "ready", "sched", "held"]);
+      const { summary } = await import("./queue/summary.ts");
       return withFleet(common, (fleet) => summary(fleet, common, sel, maxScan));
     }
     if (sub === "show") {
@@ -78,6 +79,7 @@ export const command: Command = {
       if (rest.length !== 1) throw new UsageError(rest.length ? `unexpected argument "${rest[1]}"` : "missing <qid>");
       const qid = rest[0]!.toLowerCase();
       if (!QUEUE_ID_RE.test(qid)) throw new UsageError(`<qid> must be a 20-character queue id (as in "250 2.0.0 Ok: queued as ..."), got "${rest[0]}"`);
+      const { show } = await import("./queue/show.ts");
       return withFleet(common, (fleet) => show(fleet, common, qid, { maxScan, sinceMs }));
     }
     if (sub === "find") {
@@ -86,6 +88,7 @@ export const command: Command = {
       const sel = parseSelection(values, ["route", "ready", "sched", "held"]);
       if (!sel.rcpts.length) throw new UsageError("find needs --rcpt ADDR");
       if (values.since !== undefined && values.events !== true) throw new UsageError("--since goes with --events");
+      const { find } = await import("./queue/show.ts");
       return withFleet(common, async (fleet) => {
         sel.pools = await resolvePools(fleet, sel.pools);
         return find(fleet, common, sel, { maxScan, sinceMs, events: values.events === true });
@@ -103,6 +106,7 @@ export const command: Command = {
       }
       if (action === "release" && reason) throw new UsageError("--reason goes with hold, purge and bounce");
       if (values.yes && dryRun) throw new UsageError("give --yes or --dry-run, not both");
+      const { act } = await import("./queue/act.ts");
       return withFleet(common, (fleet) => act(fleet, common, action, sel, { maxScan, dryRun, ...(reason ? { reason } : {}) }));
     }
     throw new UsageError(`unknown subcommand "${sub}" (show, find, ${ACTIONS.join(", ")})`);

@@ -22,7 +22,8 @@ export const COMMON_USAGE = `common options:
   --context NAME            kubeconfig context (default: its current context)
   --nats URLS               NATS servers, comma-separated (default: $MAILFLEET_NATS_URL, else the local fleet's)
   --nats-creds PATH         NATS credentials file (default: $MAILFLEET_NATS_CREDS)
-  --state-dir DIR           the local fleet's state directory (default: $MAILFLEET_STATE_DIR, else ./.local)`;
+  --state-dir DIR           the local fleet's state directory (default: $MAILFLEET_STATE_DIR, else ./.local
+                            or the project's .local)`;
 
 export type Output = "table" | "json";
 

@@ -10,14 +10,15 @@
 import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
-import { KubeConfig } from "@kubernetes/client-node";
-import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
-import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
-import { Kvm, type KV } from "@nats-io/kv";
+// Libraries are imported when first needed (client-node alone takes most of a second to load), so
+// usage errors and commands that need only one of the two answer quickly.
+import type { KubeConfig } from "@kubernetes/client-node";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
 import { ApiError, KubeClient } from "../../operator/runtime/kube.ts";
-import { PLAN_BUCKET, PLAN_KEY, type Plan } from "../../api/plan.ts";
-import { decodePlanValue } from "../../relay/plan/decode.ts";
-import { localStatus, PROJECT_ROOT, type LocalState } from "../../test/env/local.ts";
+import type { Plan } from "../../api/plan.ts";
+import { localStatus, PROJECT_ROOT, type LocalState } from "../../test/env/local-state.ts";
 import type { Common } from "./flags.ts";
 
 export interface Target {
@@ -34,16 +35,16 @@ export interface Target {
 }
 
 /** The local fleet's state directories to look in, most specific first. */
-function stateDirs(flag: string | undefined): string[] {
+function stateDirs(flag: string | undefined, env: NodeJS.ProcessEnv): string[] {
   if (flag) return [resolve(flag)];
-  const dirs = [process.env.MAILFLEET_STATE_DIR, ".local", join(PROJECT_ROOT, ".local")].filter((d): d is string => !!d).map((d) => resolve(d));
-  return [...new Set(dirs)];
+  if (env.MAILFLEET_STATE_DIR) return [resolve(env.MAILFLEET_STATE_DIR)];
+  return [...new Set([resolve(".local"), join(PROJECT_ROOT, ".local")])];
 }
 
 /** A running local fleet (its API server alive), or why none was found. */
-export function findLocalFleet(stateDirFlag?: string): { state?: LocalState; down?: string } {
+export function findLocalFleet(stateDirFlag?: string, env: NodeJS.ProcessEnv = process.env): { state?: LocalState; down?: string } {
   let down: string | undefined;
-  for (const dir of stateDirs(stateDirFlag)) {
+  for (const dir of stateDirs(stateDirFlag, env)) {
     const { state, alive } = localStatus(dir);
     if (state && alive["kube-apiserver"]) return { state };
     if (existsSync(join(dir, "local.json"))) down ??= dir;
@@ -56,7 +57,7 @@ export function resolveTarget(c: Common, env: NodeJS.ProcessEnv = process.env): 
   if (c.context) t.context = c.context;
   const natsEnv = env.MAILFLEET_NATS_URL?.trim();
   const explicitKube = !!c.kubeconfig || !!env.KUBECONFIG;
-  const local = explicitKube && !c.stateDir ? {} : findLocalFleet(c.stateDir);
+  const local = explicitKube && !c.stateDir ? {} : findLocalFleet(c.stateDir, env);
   if (c.stateDir && !local.state) throw new Error(`no local fleet runs in ${resolve(c.stateDir)} (start one with \`mailfleet local up --state-dir ${c.stateDir}\`)`);
   if (c.kubeconfig) {
     t.kubeSource = "--kubeconfig";
@@ -75,7 +76,7 @@ export function resolveTarget(c: Common, env: NodeJS.ProcessEnv = process.env): 
     if (local.down) t.localDown = local.down;
   }
   // The local fleet's NATS goes with the local fleet's cluster (also when its kubeconfig was named).
-  const localForNats = t.local ?? (t.kubeconfigPath ? matchLocalKubeconfig(t.kubeconfigPath, c.stateDir) : undefined);
+  const localForNats = t.local ?? (t.kubeconfigPath ? matchLocalKubeconfig(t.kubeconfigPath, c.stateDir, env) : undefined);
   if (c.nats) {
     t.natsUrls = splitUrls(c.nats);
     t.natsSource = "--nats";
@@ -92,8 +93,8 @@ export function resolveTarget(c: Common, env: NodeJS.ProcessEnv = process.env): 
 }
 
 /** The running local fleet whose kubeconfig this is (a --kubeconfig naming the local fleet's file). */
-function matchLocalKubeconfig(path: string, stateDir: string | undefined): LocalState | undefined {
-  const { state } = findLocalFleet(stateDir);
+function matchLocalKubeconfig(path: string, stateDir: string | undefined, env: NodeJS.ProcessEnv): LocalState | undefined {
+  const { state } = findLocalFleet(stateDir, env);
   return state && resolve(state.kubeconfig) === resolve(path) ? state : undefined;
 }
 
@@ -131,9 +132,10 @@ export class Fleet {
     return new Fleet(resolveTarget(c));
   }
 
-  kubeConfig(): KubeConfig {
+  async kubeConfig(): Promise<KubeConfig> {
     if (this.#kc) return this.#kc;
     const t = this.target;
+    const { KubeConfig } = await import("@kubernetes/client-node");
     const kc = new KubeConfig();
     if (t.kubeSource === "in-cluster") {
       kc.loadFromCluster();
@@ -169,13 +171,9 @@ export class Fleet {
     return kc;
   }
 
-  /** The API server's URL (for messages). */
+  /** The API server's URL (for messages), once the kubeconfig was read. */
   server(): string {
-    try {
-      return this.kubeConfig().getCurrentCluster()?.server ?? "(no server)";
-    } catch {
-      return "(no kubeconfig)";
-    }
+    return this.#kc?.getCurrentCluster()?.server ?? `(the cluster of ${this.target.kubeSource})`;
   }
 
   where(): string {
@@ -186,7 +184,7 @@ export class Fleet {
   /** A Kubernetes client, after checking that the API server answers. */
   kube(): Promise<KubeClient> {
     this.#kube ??= (async () => {
-      const kc = this.kubeConfig();
+      const kc = await this.kubeConfig();
       if (!kc.getCurrentCluster()) throw new Error(`the kubeconfig has no current cluster (${this.target.kubeSource})`);
       const client = new KubeClient(kc, { userAgent: "mailfleet-cli" });
       try {
@@ -209,6 +207,8 @@ export class Fleet {
       const t = this.target;
       let urls = t.natsUrls;
       if (!urls?.length) urls = await this.#discoverNats();
+      const { connect, credsAuthenticator } = await import("@nats-io/transport-node");
+      const { jetstream, jetstreamManager } = await import("@nats-io/jetstream");
       let nc: NatsConnection;
       try {
         nc = await connect({
@@ -256,10 +256,12 @@ export class Fleet {
   /** The fleet plan in KV, or undefined when the operator has published none yet. */
   plan(): Promise<Plan | undefined> {
     this.#plan ??= (async () => {
+      const { PLAN_BUCKET, PLAN_KEY } = await import("../../api/plan.ts");
       const kv = await this.kv(PLAN_BUCKET, { optional: true });
       if (!kv) return undefined;
       const e = await kv.get(PLAN_KEY);
       if (!e || e.operation !== "PUT" || e.length === 0) return undefined;
+      const { decodePlanValue } = await import("../../relay/plan/decode.ts");
       return decodePlanValue(e.value);
     })();
     return this.#plan;
@@ -274,6 +276,7 @@ export class Fleet {
   /** Opens a KV bucket; undefined (optional) or an error naming it when it does not exist. */
   async kv(bucket: string, o: { optional?: boolean; why?: string } = {}): Promise<KV | undefined> {
     const { js } = await this.nats();
+    const { Kvm } = await import("@nats-io/kv");
     const kv = await new Kvm(js).open(bucket);
     try {
       await kv.status();

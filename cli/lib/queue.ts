@@ -3,7 +3,7 @@
 // oldest message's age from the first message on each subject (a WorkQueue stream keeps a message
 // until it is acked, so the first one is the one that has waited longest).
 import type { ConsumerInfo } from "@nats-io/jetstream";
-import { consumers as consumerNames, STREAM_QUEUE, untoken } from "../../relay/queue/topology.ts";
+import { consumers as consumerNames, STREAM_QUEUE, subjects, untoken } from "../../relay/queue/topology.ts";
 import type { NatsHandle } from "./fleet.ts";
 import { nextMessage } from "./stream.ts";
 
@@ -80,7 +80,7 @@ export async function queueConsumers(h: NatsHandle): Promise<Map<string, Consume
  * not, and so does any pool the stream has mail for.
  */
 export async function queueDepths(h: NatsHandle, pools: string[], o: { providers?: string[]; oldest?: boolean } = {}): Promise<PoolQueue[]> {
-  const subjects = await streamSubjects(h, "mf.q.*.>");
+  const counts = await streamSubjects(h, "mf.q.*.>");
   const cons = await queueConsumers(h);
   const byPool = new Map<string, PoolQueue>();
   const pool = (id: string): PoolQueue => {
@@ -92,7 +92,7 @@ export async function queueDepths(h: NatsHandle, pools: string[], o: { providers
     return p;
   };
   for (const id of pools) pool(id);
-  for (const [subject, count] of Object.entries(subjects)) {
+  for (const [subject, count] of Object.entries(counts)) {
     const s = parseQueueSubject(subject);
     if (!s) continue;
     const p = pool(s.pool);
@@ -101,10 +101,17 @@ export async function queueDepths(h: NatsHandle, pools: string[], o: { providers
     else if (s.kind === "sched") p.scheduled += count;
     else p.providers.push({ subject, provider: s.provider!, messages: count });
   }
+  // Ready queues with a consumer but nothing stored (all sent, or all held) still show, with the
+  // consumer's figures (in flight, paused).
+  for (const c of cons.values()) {
+    const s = parseQueueSubject(c.config.filter_subject ?? "");
+    const p = s?.kind === "ready" ? byPool.get(s.pool) : undefined;
+    if (p && !p.providers.some((x) => x.provider === s!.provider)) p.providers.push({ subject: c.config.filter_subject!, provider: s!.provider!, messages: 0 });
+  }
   for (const p of byPool.values()) {
     // Providers the plan knows but nothing was ever routed to show as empty rows only when asked.
     for (const name of o.providers ?? []) {
-      if (!p.providers.some((x) => x.provider === name)) p.providers.push({ subject: `mf.q.${p.pool}.ready.${name}`, provider: name, messages: 0 });
+      if (!p.providers.some((x) => x.provider === name)) p.providers.push({ subject: subjects.ready(p.pool, name), provider: name, messages: 0 });
     }
     p.providers.sort((a, b) => a.provider.localeCompare(b.provider));
     const route = cons.get(consumerNames.route(p.pool));

@@ -2,18 +2,19 @@
 // kwok nodes, NATS (1 or 3 nodes), the CRDs, the operator, and the relay runner (runner/: it runs a
 // relay for every relay Pod on the kwok nodes), all detached from the CLI process and recorded in
 // <stateDir>/local.json so that `local down` can stop exactly what `local up` started.
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { startControlPlane, applyCRDsWithKubeconfig, defaultKwokStagesPath } from "./controlplane.ts";
 import { startNats } from "./nats.ts";
-import { startProcess, stopGroup, pidAlive, childEnv, logTail } from "./proc.ts";
+import { startProcess, stopGroup, childEnv, logTail } from "./proc.ts";
 import { ensureTools } from "./tools.ts";
 import { writeRunnerKwokStages } from "./runner/kwok-stages.ts";
 import { stopLeftoverRelays } from "./runner/runner.ts";
+import { defaultStateDir, isOurs, localStatus, PROJECT_ROOT, readLocalState, stateFile, type LocalState } from "./local-state.ts";
 
-export const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+// The state file's readers live in local-state.ts (light to import); local.ts keeps exporting them.
+export { defaultStateDir, localStatus, PROJECT_ROOT, readLocalState, type LocalState } from "./local-state.ts";
 
 export interface LocalUpOptions {
   /** Default: $MAILFLEET_STATE_DIR or .local (relative to the current directory). */
@@ -31,65 +32,6 @@ export interface LocalUpOptions {
   runner?: false | { mode?: "process" | "podman"; image?: string };
   /** Progress lines (default: stderr). */
   log?: (line: string) => void;
-}
-
-export interface LocalState {
-  version: 1;
-  stateDir: string;
-  kubeconfig: string;
-  server: string;
-  /** Comma-separated NATS URLs (what the operator's --nats gets). */
-  nats: string;
-  natsUrls: string[];
-  natsMonitor: string[];
-  /** Process group leaders by component. */
-  pids: Record<string, number>;
-  /** Executable of each component, checked against /proc before signalling a recorded pid. */
-  commands: Record<string, string>;
-  crds: string[];
-  operator: { started: boolean; pid?: number; log?: string; reason?: string };
-  /** The relay runner: relays.json in registry lists the relays it runs. */
-  runner?: { started: boolean; pid?: number; mode?: "process" | "podman"; log?: string; registry?: string; reason?: string };
-  logs: string;
-  startedAt: string;
-  stoppedAt?: string;
-}
-
-export function defaultStateDir(): string {
-  return resolve(process.env.MAILFLEET_STATE_DIR || ".local");
-}
-
-function stateFile(dir: string): string {
-  return join(dir, "local.json");
-}
-
-export function readLocalState(stateDir = defaultStateDir()): LocalState | undefined {
-  try {
-    return JSON.parse(readFileSync(stateFile(stateDir), "utf8")) as LocalState;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Whether a recorded pid is still the process we started (not a reused pid). */
-function isOurs(pid: number, command: string | undefined): boolean {
-  if (!pidAlive(pid)) return false;
-  if (!command) return true;
-  try {
-    const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-    return cmdline.some((part) => part === command || part.endsWith(`/${command.split("/").pop()}`));
-  } catch {
-    return false;
-  }
-}
-
-export function localStatus(stateDir = defaultStateDir()): { state?: LocalState; alive: Record<string, boolean> } {
-  const state = readLocalState(stateDir);
-  const alive: Record<string, boolean> = {};
-  if (state && !state.stoppedAt) {
-    for (const [name, pid] of Object.entries(state.pids)) alive[name] = isOurs(pid, state.commands[name]);
-  }
-  return { state, alive };
 }
 
 export class AlreadyUpError extends Error {
