@@ -80,6 +80,10 @@ export class HttpServer implements Component {
   #https: HttpsServer | undefined;
   #certs!: CertWatcher;
   #draining = false;
+  /** Open connections (raw until handed to the HTTP or HTTPS server, then the socket it uses). */
+  readonly #conns = new Set<Socket>();
+  /** Connections with a request in progress. */
+  readonly #busy = new Set<Socket>();
   port = 0;
 
   constructor(acceptor: Acceptor, o: { host?: string; port?: number } = {}) {
@@ -91,6 +95,12 @@ export class HttpServer implements Component {
     this.#ctx = ctx;
     this.#log = ctx.log.child("http");
     const handler = (req: IncomingMessage, res: ServerResponse) => {
+      const conn = req.socket;
+      this.#busy.add(conn);
+      res.once("close", () => {
+        this.#busy.delete(conn);
+        if (this.#draining) conn.end();
+      });
       this.#handle(req, res).catch((e) => {
         this.#log.error("http handler failed", { error: e, path: req.url?.split("?")[0] });
         if (!res.headersSent) this.#json(res, 500, { error: { message: "internal error" } });
@@ -101,12 +111,21 @@ export class HttpServer implements Component {
     this.#certs = new CertWatcher(ctx.config.MAILFLEET_TLS_DIR, this.#log, (pair) => this.#https?.setSecureContext(pair));
     const pair = this.#certs.load();
     if (pair) this.#https = createHttpsServer({ key: pair.key, cert: pair.cert, keepAliveTimeout: 60_000 }, handler);
+    const track = (c: Socket) => {
+      this.#conns.add(c);
+      c.once("close", () => { this.#conns.delete(c); this.#busy.delete(c); });
+    };
+    this.#https?.on("secureConnection", (tls: Socket) => track(tls));
     this.#net = createNetServer({ pauseOnConnect: false }, (socket: Socket) => {
+      track(socket);
       socket.once("readable", () => {
         const first = socket.read(1) as Buffer | null;
         if (!first) return socket.destroy();
         socket.unshift(first);
-        (first[0] === 0x16 && this.#https ? this.#https : this.#http).emit("connection", socket);
+        const tls = first[0] === 0x16 && this.#https;
+        // A TLS connection's requests come on the TLSSocket wrapping this one: track that instead.
+        if (tls) this.#conns.delete(socket);
+        (tls ? this.#https! : this.#http).emit("connection", socket);
       });
       socket.on("error", () => socket.destroy());
     });
@@ -129,9 +148,16 @@ export class HttpServer implements Component {
   async stop(): Promise<void> {
     this.#draining = true;
     this.#certs?.stop();
-    await new Promise<void>((r) => this.#net ? this.#net.close(() => r()) : r());
-    this.#http?.closeAllConnections();
-    this.#https?.closeAllConnections();
+    // Stop accepting, and close idle connections (keep-alive ones of Prometheus, probes and API
+    // clients; ones that never sent a byte): net.Server#close waits for every connection, which
+    // would last their keep-alive timeout (60 s), past the Pod's grace period. The HTTP servers'
+    // own closeIdleConnections() cannot help: they never listen, so they track no connections.
+    // Requests in progress finish; their connections are closed when the response is done.
+    const closed = new Promise<void>((r) => this.#net ? this.#net.close(() => r()) : r());
+    const closeIdle = () => { for (const c of this.#conns) if (!this.#busy.has(c)) c.destroy(); };
+    closeIdle();
+    const timer = setInterval(closeIdle, 100);
+    try { await closed; } finally { clearInterval(timer); }
   }
 
   #json(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
