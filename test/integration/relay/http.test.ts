@@ -88,6 +88,18 @@ test("HTTP injection API", { timeout: 600_000 }, async (t) => {
     assert.equal(r2.body.error.enhanced, "5.7.1");
   });
 
+  await t.test("a message over the server's max payload (1 MiB) goes to the object store", async () => {
+    const raw = `From: news@example.com\r\nTo: a@gmail.test\r\nSubject: large\r\n\r\n${("y".repeat(998) + "\r\n").repeat(1500)}`;
+    const r = await call({ port, path: "/v1/messages", body: { envelope: { from: "news@example.com", to: ["a@gmail.test"] }, raw: Buffer.from(raw).toString("base64") } });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    const env = (await f.envelopes()).find((e) => e.id === r.body.queueId)!;
+    assert.deepEqual(env.body, { object: env.id });
+    const body = await f.body(env);
+    assert.ok(body.length > 1_500_000);
+    assert.equal(env.size, body.length);
+    assert.match(body.toString("latin1"), /^DKIM-Signature: /);
+  });
+
   await t.test("untrusted without credentials: 401; Basic over plain HTTP refused; Basic over TLS works", async () => {
     const r = await call({ port, path: "/v1/messages", body: msg(), from: UNTRUSTED });
     assert.equal(r.status, 401);
