@@ -47,7 +47,8 @@ async function main(): Promise<void> {
   const env = await startEnv({ name: "bench-operator-scale", dnsAddress: "127.0.53.99" });
   try {
     await env.apply(ns(NS));
-    const op = await env.startOperator({ identity: "bench", args: ["--log-level", "info", "--dns-recheck-unverified", "30s"] });
+    const nodeArgs = (process.env.BENCH_OPERATOR_NODE_ARGS ?? "").split(" ").filter(Boolean);
+    const op = await env.startOperator({ identity: "bench", args: ["--log-level", "info", "--dns-recheck-unverified", "30s"], nodeArgs });
     const pid = op.proc.pid;
     let peak = vmHWM(pid);
     const sampler = setInterval(() => {
@@ -96,7 +97,9 @@ async function main(): Promise<void> {
         const plan = await env.plan();
         if (plan && plan.domains.length === DOMAINS && plan.domains.every((d) => d.dkim.length === 2)) secondsToPlan = (Date.now() - t0) / 1000;
       }
-      log(`${now.toFixed(0)} s: ${nCurrent}/${total} current, ${keyed}/${DOMAINS} domains signing with both keys, rss peak ${peak.toFixed(0)} MB`);
+      const mm = await op.metrics().catch(() => "");
+      const g = (n: string) => (Number(new RegExp(`^mailfleet_operator_${n} (\\S+)`, "m").exec(mm)?.[1] ?? 0) / 1048576).toFixed(0);
+      log(`${now.toFixed(0)} s: ${nCurrent}/${total} current, ${keyed}/${DOMAINS} domains signing with both keys, rss peak ${peak.toFixed(0)} MB (now rss ${g("process_resident_memory_bytes")}, heap ${g("nodejs_heap_size_used_bytes")}/${g("nodejs_heap_size_total_bytes")}, external ${g("nodejs_external_memory_bytes")})`);
       if (secondsToCurrent && secondsToKeys && secondsToPlan) break;
       if (now > 1800) throw new Error("not converged after 30 minutes");
       await sleep(2000);

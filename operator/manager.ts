@@ -1,6 +1,5 @@
 // Wires the operator together: caches (every replica), the admission webhook (every replica),
 // leader election, and the controllers (the leader only), and takes it all down again in order.
-import { KubeConfig } from "@kubernetes/client-node";
 import type { Server } from "node:http";
 import type { MailfleetObject } from "../api/v1alpha1/index.ts";
 import type { OperatorConfig } from "./config.ts";
@@ -19,7 +18,7 @@ import { Controller } from "./runtime/controller.ts";
 import { Recorder } from "./runtime/events.ts";
 import { startHttp } from "./runtime/http.ts";
 import { type Cache, Informer, MultiInformer } from "./runtime/informer.ts";
-import { KubeClient, RESOURCES, type Resource } from "./runtime/kube.ts";
+import { KubeClient, RESOURCES, type Resource, resolveConnection } from "./runtime/kube.ts";
 import { LeaderElector } from "./runtime/leader.ts";
 import { type Logger, makeLogger } from "./runtime/log.ts";
 import { Metrics } from "./runtime/metrics.ts";
@@ -40,19 +39,11 @@ export type Operator = {
   shutdown(reason: string): Promise<number>;
 };
 
-export function loadKubeConfig(path: string | undefined): KubeConfig {
-  const kc = new KubeConfig();
-  if (path) kc.loadFromFile(path);
-  else if (process.env.KUBERNETES_SERVICE_HOST) kc.loadFromCluster();
-  else kc.loadFromDefault();
-  return kc;
-}
-
 export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {}): Promise<Operator> {
   const log = o.log ?? makeLogger({ level: cfg.logLevel, base: { identity: cfg.identity } });
   const metrics = new Metrics();
-  const kc = loadKubeConfig(cfg.kubeconfig);
-  const client = new KubeClient(kc, { userAgent: `mailfleet-operator/${VERSION} (${cfg.identity})` });
+  const conn = await resolveConnection(cfg.kubeconfig);
+  const client = new KubeClient(conn, { userAgent: `mailfleet-operator/${VERSION} (${cfg.identity})`, ...(cfg.kubeconfig ? { kubeconfigPath: cfg.kubeconfig } : {}) });
   client.onWrite = (verb, resource) => metrics.kubeWrites.inc({ verb, resource });
   const events = new Recorder(client, { controller: "mailfleet.io/operator", instance: cfg.identity, log, metrics });
   const lookup = makeLookup(cfg.dnsServers);
@@ -173,8 +164,19 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
   };
   // Pools only care about a domain's keys (its keyring) and webhook secrets; a burst of domain
   // changes reaches each pool once (the delay coalesces them).
+  // At most one keyring update per pool every 10 s while keys keep coming: the kubelet takes up to
+  // a minute to refresh a mounted Secret anyway, and each update rewrites the whole keyring.
+  const poolKicked = new Map<string, number>();
   const enqueuePoolSoon = (key: string) => {
-    if (leading) controllers.get("pool")?.enqueueAfter(key, 2000);
+    if (!leading) return;
+    const now = Date.now();
+    const since = now - (poolKicked.get(key) ?? 0);
+    if (since >= 10_000) {
+      poolKicked.set(key, now);
+      controllers.get("pool")?.enqueueAfter(key, 500);
+    } else {
+      controllers.get("pool")?.enqueueAfter(key, 10_000 - since);
+    }
   };
   const keyringInputs = (d: KubeObject) => JSON.stringify([spec(d).poolRef?.name, spec(d).webhooks, ((d.status as any)?.dkim ?? []).map((k: any) => [k.selector, k.secretName])]);
   const onDomain = (d: KubeObject, old?: KubeObject) => {

@@ -33,20 +33,20 @@ function secretData(s: KubeObject | undefined): Record<string, string> {
 }
 
 /** Every file of the pool's keyring: non-retired DKIM keys and webhook secrets of the domains it may send. */
-export function keyring(ctx: Context, pool: IPPool): { files: Map<string, Buffer>; missing: string[] } {
+export function keyring(ctx: Context, pool: IPPool): { files: Map<string, string>; missing: string[] } {
   const ns = pool.metadata.namespace!;
-  const files = new Map<string, Buffer>();
+  const files = new Map<string, string>();
   const missing: string[] = [];
   const domains: SendingDomain[] = ctx.world.domainsSentBy(ns, pool.metadata.name);
   for (const d of domains) {
     for (const sel of d.status?.dkim ?? []) {
       const pem = secretData(ctx.inf.secrets.get(ns, sel.secretName))[SECRET_KEYS[sel.keyType].pem];
-      if (pem) files.set(dkimKeyName(d.spec.domain, sel.selector), Buffer.from(pem, "base64"));
+      if (pem) files.set(dkimKeyName(d.spec.domain, sel.selector), pem);
       else missing.push(`Secret ${ns}/${sel.secretName}`);
     }
     for (const w of d.spec.webhooks) {
       const v = secretData(ctx.inf.secrets.get(ns, w.secretRef.name))[w.secretRef.key];
-      if (v) files.set(webhookKeyName(d.spec.domain, w.name), Buffer.from(v, "base64"));
+      if (v) files.set(webhookKeyName(d.spec.domain, w.name), v);
       else missing.push(`Secret ${ns}/${w.secretRef.name} key ${w.secretRef.key}`);
     }
   }
@@ -117,7 +117,9 @@ export async function reconcilePool(ctx: Context, key: string): Promise<Result> 
   await ensureFinalizer(ctx, raw, ctx.cleanupPool !== undefined);
   const problems = ctx.world.problemsOf("IPPool", key);
   if (problems.length) {
-    // Not admitted: what already runs for this pool is left exactly as it is.
+    // Not admitted: what already runs for this pool is left exactly as it is, except its keyring,
+    // which follows its domains (a rotated key must reach the relays still sending for them).
+    if (ctx.inf.secrets.get(ns, relaySecretName(name))) await applyOwned(ctx, renderRelaySecret(pool, keyring(ctx, pool).files), ctx.inf.secrets);
     await status(ctx, raw, now, [{
       type: "Accepted", status: "False", reason: problems[0]!.reason,
       message: `${formatProblems(problems)}; this change does not take effect (what runs keeps running as before) until that is fixed`,

@@ -17,6 +17,8 @@ export class PlanController {
   private previous: Plan | null | undefined;
   private readonly hashes = new Map<string, { version: string; username: string; hash: string }>();
   published: string | undefined;
+  private lastInputs = "";
+  private dueAt: number | null = null;
 
   constructor(store: PlanStore) {
     this.store = store;
@@ -51,7 +53,35 @@ export class PlanController {
     return out;
   }
 
+  /**
+   * What the plan depends on, cheaply: a domain's status changes often (DNS checks, conditions) but
+   * only its keys matter to the plan; every other input is taken whole (resourceVersion).
+   */
+  private inputs(ctx: Context): string {
+    const parts: string[] = [];
+    const rv = (o: { metadata: { uid?: string; resourceVersion?: string } }) => `${o.metadata.uid}@${o.metadata.resourceVersion}`;
+    for (const o of ctx.inf.providers.list()) parts.push(rv(o));
+    for (const o of ctx.inf.schedules.list()) parts.push(rv(o));
+    for (const o of ctx.inf.pools.list()) parts.push(rv(o));
+    for (const d of ctx.inf.domains.list()) {
+      const st = (d.status ?? {}) as { dkim?: { selector: string; state: string }[] };
+      parts.push(`${d.metadata.uid}:${d.metadata.generation}:${d.metadata.deletionTimestamp ?? ""}:${JSON.stringify(d.metadata.annotations ?? {})}:${(st.dkim ?? []).map((k) => `${k.selector}=${k.state}`).join(",")}`);
+      const sp = (d.spec ?? {}) as { senders?: { credentials?: { secretRef?: { name?: string } }[] }; webhooks?: { secretRef?: { name?: string } }[] };
+      for (const ref of [...(sp.senders?.credentials ?? []), ...(sp.webhooks ?? [])]) {
+        const s = ref.secretRef?.name ? ctx.inf.secrets.get(d.metadata.namespace, ref.secretRef.name) : undefined;
+        parts.push(s ? rv(s) : `-${ref.secretRef?.name}`);
+      }
+    }
+    return parts.join("|");
+  }
+
   async reconcile(ctx: Context): Promise<Result> {
+    const inputs = this.inputs(ctx);
+    const now0 = ctx.now();
+    // Nothing it depends on changed and no time-driven change is due: the plan is the same.
+    if (this.previous !== undefined && inputs === this.lastInputs && (this.dueAt === null || now0 < this.dueAt)) {
+      return this.dueAt !== null ? { requeueAfterMs: Math.max(this.dueAt - now0, 500) } : undefined;
+    }
     if (this.previous === undefined) {
       this.previous = await this.store.read();
       this.published = this.previous?.revision;
@@ -84,6 +114,8 @@ export class PlanController {
       ctx.metrics.planRevision.reset();
       ctx.metrics.planRevision.set({ revision: plan.revision }, 1);
     }
+    this.lastInputs = inputs;
+    this.dueAt = result.nextChangeAt;
     if (result.nextChangeAt !== null) return { requeueAfterMs: Math.max(result.nextChangeAt - now, 500) };
   }
 }

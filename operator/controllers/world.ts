@@ -79,7 +79,12 @@ export class World {
     let p = this.parsedCache.get(raw);
     if (!p) {
       try {
-        p = { ok: true, value: validateObject(raw) };
+        // Only what people write is validated (and copied with defaults); status is the
+        // operator's own and is used as served (one fewer deep copy of every object).
+        const { status, ...rest } = raw;
+        const value = validateObject(rest);
+        if (status !== undefined) (value as { status?: unknown }).status = status;
+        p = { ok: true, value };
       } catch (err) {
         if (!(err instanceof ValidationError)) throw err;
         p = { ok: false, error: err };

@@ -20,6 +20,20 @@ export function decodePlan(value: Uint8Array): Plan {
   return parsePlan(JSON.parse(bytes.toString("utf8")));
 }
 
+/** NATS may be down for long: no operation waits longer than this (the controller retries). */
+const OP_TIMEOUT_MS = 15_000;
+
+function timeout<T>(p: Promise<T>, what: string): Promise<T> {
+  let t: NodeJS.Timeout;
+  return Promise.race([
+    p,
+    new Promise<T>((_, reject) => {
+      t = setTimeout(() => reject(new Error(`NATS: ${what} did not finish within ${OP_TIMEOUT_MS / 1000} s (is NATS reachable?)`)), OP_TIMEOUT_MS);
+      t.unref();
+    }),
+  ]).finally(() => clearTimeout(t));
+}
+
 export class PlanStore {
   private readonly servers: string[];
   private readonly creds: string | undefined;
@@ -81,7 +95,7 @@ export class PlanStore {
 
   /** The plan in force, or null when none was published (or what is there cannot be read). */
   async read(): Promise<Plan | null> {
-    const e = await (await this.bucket()).get(PLAN_KEY);
+    const e = await timeout(this.bucket().then((kv) => kv.get(PLAN_KEY)), "reading the plan");
     if (!e || !e.value?.length || e.operation !== "PUT") return null;
     try {
       return decodePlan(e.value);
@@ -94,13 +108,13 @@ export class PlanStore {
   /** Publishes a plan; returns its compressed size. */
   async publish(plan: Plan): Promise<number> {
     const value = encodePlan(plan);
-    await (await this.bucket()).put(PLAN_KEY, value);
+    await timeout(this.bucket().then((kv) => kv.put(PLAN_KEY, value)), "publishing the plan");
     return value.length;
   }
 
   /** Deletes the durable consumers relays made for a pool; how many. No stream: nothing to do. */
   async deletePoolConsumers(poolId: string): Promise<number> {
-    const jsm = await this.manager();
+    const jsm = await timeout(this.manager(), "connecting");
     // By filter subject, not by name: subject tokens are dot-separated and cannot be confused,
     // while "ready-<pool>-<provider>" names of pools "a" and "a-b" can.
     const prefix = `mf.q.${token(poolId)}.`;

@@ -325,9 +325,12 @@ export function renderPool(pool: IPPool, cfg: RenderConfig): PoolRender {
   return { objects, workloads, selector: `${POOL_LABEL}=${name},${COMPONENT_LABEL}=relay` };
 }
 
-/** The pool's keyring Secret: DKIM keys and webhook secrets as files (names from operator/plan/compile.ts). */
-export function renderRelaySecret(pool: IPPool, files: Map<string, Buffer>): KubeObject {
+/**
+ * The pool's keyring Secret: DKIM keys and webhook secrets as files (names from
+ * operator/plan/compile.ts). Values are base64 already (copied from the Secrets that hold them).
+ */
+export function renderRelaySecret(pool: IPPool, files: Map<string, string>): KubeObject {
   const data: Record<string, string> = {};
-  for (const k of [...files.keys()].sort()) data[k] = files.get(k)!.toString("base64");
+  for (const k of [...files.keys()].sort()) data[k] = files.get(k)!;
   return { apiVersion: "v1", kind: "Secret", metadata: meta(pool, relaySecretName(pool.metadata.name)), type: "Opaque", data };
 }

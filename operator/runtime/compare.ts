@@ -7,7 +7,7 @@
 //  - the live object must carry the hash of the desired object that this operator last applied.
 //    The hash catches what a value comparison cannot: a field the operator used to send and no
 //    longer does, which an apply would remove.
-import { createHash } from "node:crypto";
+import { type Hash, createHash } from "node:crypto";
 
 export const APPLIED_HASH_ANNOTATION = "mailfleet.io/applied-hash";
 
@@ -21,13 +21,43 @@ export function canonical(v: Json): string {
   return `{${Object.keys(o).filter((k) => o[k] !== undefined).sort().map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`).join(",")}}`;
 }
 
+/** Feeds canonical(v) to a hash piece by piece (the same digest, without building the string). */
+function feed(h: Hash, v: Json): void {
+  if (v === null || typeof v !== "object") {
+    h.update(JSON.stringify(v) ?? "null");
+    return;
+  }
+  if (Array.isArray(v)) {
+    h.update("[");
+    v.forEach((x, i) => {
+      if (i) h.update(",");
+      feed(h, x);
+    });
+    h.update("]");
+    return;
+  }
+  const o = v as Record<string, Json>;
+  h.update("{");
+  let first = true;
+  for (const k of Object.keys(o).filter((k) => o[k] !== undefined).sort()) {
+    if (!first) h.update(",");
+    first = false;
+    h.update(JSON.stringify(k));
+    h.update(":");
+    feed(h, o[k]);
+  }
+  h.update("}");
+}
+
 /** Hash of a desired object, excluding the hash annotation itself. */
 export function desiredHash(obj: Record<string, Json>): string {
   const meta = { ...(obj.metadata as Record<string, Json>) };
   const ann = { ...((meta.annotations as Record<string, string>) ?? {}) };
   delete ann[APPLIED_HASH_ANNOTATION];
   meta.annotations = ann;
-  return createHash("sha256").update(canonical({ ...obj, metadata: meta })).digest("hex").slice(0, 20);
+  const h = createHash("sha256");
+  feed(h, { ...obj, metadata: meta });
+  return h.digest("hex").slice(0, 20);
 }
 
 /** The desired object with its hash annotation set (what is sent). */

@@ -8,6 +8,9 @@
 // round trip to map kinds to resources. The operator talks to a fixed set of resources, so a table
 // of them and raw JSON over one keep-alive pool is both leaner and easier to reason about.
 import type { KubeConfig } from "@kubernetes/client-node";
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { Agent, request as undiciRequest } from "undici";
 import type { KubeObject } from "./types.ts";
 import { FIELD_MANAGER } from "./types.ts";
@@ -85,30 +88,76 @@ export type RequestOptions = {
 
 export type WriteHook = (verb: string, resource: string) => void;
 
+/** Where the API server is and how to authenticate, as plain data. */
+export type Connection = {
+  server: string;
+  ca?: string;
+  cert?: string;
+  key?: string;
+  rejectUnauthorized?: boolean;
+  servername?: string;
+  headers: Record<string, string>;
+  /** A bearer token file to re-read (in-cluster service account tokens rotate). */
+  tokenFile?: string;
+  /** Tokens from exec plugins or auth providers expire: resolve the kubeconfig again. */
+  dynamic?: boolean;
+};
+
+/** Resolves a kubeconfig (or the in-cluster config) in a child process; see kubeconfig-child.ts. */
+export function resolveConnection(kubeconfig: string | undefined): Promise<Connection> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(process.execPath, [fileURLToPath(new URL("./kubeconfig-child.ts", import.meta.url)), ...(kubeconfig ? [kubeconfig] : [])],
+      { maxBuffer: 4 * 1024 * 1024, timeout: 60_000 }, (err, stdout, stderr) => {
+        if (err) return reject(new Error(`cannot load the kubeconfig${kubeconfig ? ` ${kubeconfig}` : ""}: ${stderr.trim().split("\n").at(-1) || err.message}`));
+        try {
+          resolve(JSON.parse(stdout) as Connection);
+        } catch (e) {
+          reject(new Error(`cannot load the kubeconfig: ${(e as Error).message}`));
+        }
+      });
+    child.stdin?.end();
+  });
+}
+
+function isKubeConfig(x: KubeConfig | Connection): x is KubeConfig {
+  return typeof (x as KubeConfig).getCurrentCluster === "function";
+}
+
 export class KubeClient {
   readonly server: string;
   readonly userAgent: string;
-  private readonly kc: KubeConfig;
+  private readonly kc: KubeConfig | undefined;
+  private conn: Connection | undefined;
+  private readonly kubeconfigPath: string | undefined;
   private readonly agent: Agent;
   private authCache: { at: number; headers: Record<string, string> } | undefined;
+  private resolvedAt = Date.now();
   onWrite: WriteHook | undefined;
 
-  constructor(kc: KubeConfig, o: { userAgent: string }) {
-    this.kc = kc;
-    const cluster = kc.getCurrentCluster();
-    if (!cluster) throw new Error("the kubeconfig has no current cluster");
-    this.server = cluster.server.replace(/\/$/, "");
+  /** From a KubeConfig (the CLI), or from a resolved Connection (the operator). */
+  constructor(source: KubeConfig | Connection, o: { userAgent: string; kubeconfigPath?: string }) {
     this.userAgent = o.userAgent;
-    const tls: Record<string, unknown> = {};
-    // TLS material is read once; headers (tokens, which in-cluster rotate) are refreshed below.
-    (kc as unknown as { applyHTTPSOptions(o: Record<string, unknown>): void }).applyHTTPSOptions(tls);
+    this.kubeconfigPath = o.kubeconfigPath;
+    const tls: { ca?: Buffer | string; cert?: Buffer | string; key?: Buffer | string; rejectUnauthorized?: boolean; servername?: string } = {};
+    if (isKubeConfig(source)) {
+      this.kc = source;
+      const cluster = source.getCurrentCluster();
+      if (!cluster) throw new Error("the kubeconfig has no current cluster");
+      this.server = cluster.server.replace(/\/$/, "");
+      // TLS material is read once; headers (tokens, which in-cluster rotate) are refreshed below.
+      (source as unknown as { applyHTTPSOptions(o: Record<string, unknown>): void }).applyHTTPSOptions(tls);
+    } else {
+      this.conn = source;
+      this.server = source.server.replace(/\/$/, "");
+      Object.assign(tls, { ca: source.ca, cert: source.cert, key: source.key, rejectUnauthorized: source.rejectUnauthorized, servername: source.servername });
+    }
     this.agent = new Agent({
       connect: {
-        ...(tls.ca ? { ca: tls.ca as Buffer } : {}),
-        ...(tls.cert ? { cert: tls.cert as Buffer } : {}),
-        ...(tls.key ? { key: tls.key as Buffer } : {}),
+        ...(tls.ca ? { ca: tls.ca } : {}),
+        ...(tls.cert ? { cert: tls.cert } : {}),
+        ...(tls.key ? { key: tls.key } : {}),
         ...(tls.rejectUnauthorized === false ? { rejectUnauthorized: false } : {}),
-        ...(tls.servername ? { servername: tls.servername as string } : {}),
+        ...(tls.servername ? { servername: tls.servername } : {}),
         keepAlive: true,
         keepAliveInitialDelay: 30_000,
       },
@@ -119,10 +168,29 @@ export class KubeClient {
   private async headers(): Promise<Record<string, string>> {
     const now = Date.now();
     if (this.authCache && now - this.authCache.at < 60_000) return this.authCache.headers;
-    const opts: { headers?: Record<string, string> } = {};
-    await this.kc.applyToHTTPSOptions(opts as never);
     const headers: Record<string, string> = { "user-agent": this.userAgent, accept: "application/json" };
-    for (const [k, v] of Object.entries(opts.headers ?? {})) headers[k.toLowerCase()] = String(v);
+    let extra: Record<string, string> = {};
+    if (this.kc) {
+      const opts: { headers?: Record<string, string> } = {};
+      await this.kc.applyToHTTPSOptions(opts as never);
+      extra = opts.headers ?? {};
+    } else {
+      const c = this.conn!;
+      if (c.dynamic && now - this.resolvedAt >= 5 * 60_000) {
+        try {
+          this.conn = await resolveConnection(this.kubeconfigPath);
+          this.resolvedAt = now;
+        } catch { /* keep the last headers; the next request tries again */ }
+      }
+      extra = { ...this.conn!.headers };
+      if (this.conn!.tokenFile) {
+        try {
+          extra.Authorization = `Bearer ${readFileSync(this.conn!.tokenFile, "utf8").trim()}`;
+        } catch { /* keep what the kubeconfig gave */ }
+      }
+    }
+    for (const [k, v] of Object.entries(extra)) headers[k.toLowerCase()] = String(v);
+    // Token files are read again every minute, dynamic credentials resolved every 5 minutes.
     this.authCache = { at: now, headers };
     return headers;
   }

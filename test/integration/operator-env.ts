@@ -65,7 +65,7 @@ export type Env = {
   get(path: string): Promise<any | undefined>;
   /** Writes recorded in the audit log since `since` (ISO time), optionally by one user. */
   audit(o?: { since?: string; user?: string }): AuditEvent[];
-  startOperator(o?: { identity?: string; args?: string[]; webhook?: boolean }): Promise<OperatorProcess>;
+  startOperator(o?: { identity?: string; args?: string[]; webhook?: boolean; nodeArgs?: string[] }): Promise<OperatorProcess>;
   plan(): Promise<Plan | null>;
   stop(): Promise<void>;
 };
@@ -174,6 +174,7 @@ export async function startEnv(o: { name: string; withControllers?: boolean; nod
       const logFile = join(dir, "logs", `operator-${identity}.log`);
       mkdirSync(join(dir, "logs"), { recursive: true });
       const args = [
+        ...(so.nodeArgs ?? []),
         join(PROJECT_ROOT, "operator", "main.ts"),
         "--kubeconfig", operatorKubeconfig,
         "--nats", nats.urls.join(","),

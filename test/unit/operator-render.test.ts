@@ -133,7 +133,7 @@ describe("relay workload rendering", () => {
   });
 
   it("the keyring Secret holds files by name, base64", () => {
-    const s = renderRelaySecret(pool("k", { addresses: [{ address: "192.0.2.1", hostname: "a.example.com" }] }), new Map([["dkim.example.com.s1.pem", Buffer.from("PEM")]]));
+    const s = renderRelaySecret(pool("k", { addresses: [{ address: "192.0.2.1", hostname: "a.example.com" }] }), new Map([["dkim.example.com.s1.pem", Buffer.from("PEM").toString("base64")]]));
     assert.equal(s.metadata.name, "k-relay");
     assert.deepEqual(s.data, { "dkim.example.com.s1.pem": Buffer.from("PEM").toString("base64") });
   });
