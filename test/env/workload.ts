@@ -264,8 +264,7 @@ export interface WorkloadStats {
 
 interface Msg { s: Sender; channel: Channel; rcpts: string[]; mid: string; from: string; subject: string; text: string }
 
-/** A tag of this run in Message-IDs, so two runs against one receiver never mix. */
-const RUN = `${Date.now().toString(36)}${process.pid.toString(36)}`;
+let workloads = 0;
 
 export class Workload {
   readonly stats: WorkloadStats = { started: 0, accepted: 0, refused: 0, failed: 0, retries: 0, byChannel: { "smtp-auth": 0, "smtp-trusted": 0, http: 0 }, latencies: [], errors: [] };
@@ -276,6 +275,9 @@ export class Workload {
   #transports = new Map<string, Transporter>();
   #n = 0;
   #latIndex = 0;
+  /** A tag of this workload in Message-IDs: two workloads never send the same Message-ID (which
+   * acceptance would take for a retry of the first and store once). */
+  readonly run = `${Date.now().toString(36)}${process.pid.toString(36)}${(workloads++).toString(36)}`;
 
   constructor(o: WorkloadOptions) {
     this.#o = o;
@@ -327,9 +329,9 @@ export class Workload {
     const rcpts = [`user${n % 13}@${doms[n % doms.length]}`];
     if (n % 4 === 1) rcpts.push(`user${(n + 5) % 13}@${doms[(n + 1) % doms.length]}`);
     const r = ((n * 7919) % 1000) / 1000; // spread deterministically
-    if (r < (this.#o.bounceRatio ?? 0)) rcpts.push(`unknown-${RUN}-${n}@${doms[(n + 2) % doms.length]}`);
-    else if (r < (this.#o.bounceRatio ?? 0) + (this.#o.deferRatio ?? 0)) rcpts.push(`busy-${RUN}-${n}@${doms[(n + 3) % doms.length]}`);
-    const mid = `<wl-${RUN}-${n}@${s.domain}>`;
+    if (r < (this.#o.bounceRatio ?? 0)) rcpts.push(`unknown-${this.run}-${n}@${doms[(n + 2) % doms.length]}`);
+    else if (r < (this.#o.bounceRatio ?? 0) + (this.#o.deferRatio ?? 0)) rcpts.push(`busy-${this.run}-${n}@${doms[(n + 3) % doms.length]}`);
+    const mid = `<wl-${this.run}-${n}@${s.domain}>`;
     const from = `app@${s.domain}`;
     const size = this.#o.bodyBytes ?? 800;
     const line = `workload message ${n} from ${s.domain} via ${channel}. `;
