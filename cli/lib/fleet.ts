@@ -69,7 +69,8 @@ export function resolveTarget(c: Common, env: NodeJS.ProcessEnv = process.env): 
     t.kubeSource = "local fleet";
     t.kubeconfigPath = local.state.kubeconfig;
     t.local = local.state;
-  } else if (env.KUBERNETES_SERVICE_HOST) {
+  } else if (env.KUBERNETES_SERVICE_HOST && !existsSync(join(homedir(), ".kube", "config"))) {
+    // As kubectl: ~/.kube/config first, then the Pod's service account.
     t.kubeSource = "in-cluster";
   } else {
     t.kubeconfigPath = join(homedir(), ".kube", "config");
