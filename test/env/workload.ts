@@ -56,6 +56,8 @@ export interface Accepted {
 export interface Arrival {
   mid: string;
   rcpt: string;
+  /** The receiver's queue id: one SMTP transaction (all its recipients) has one. */
+  queueId: string;
   clientIp: string;
   receivedBy: string;
   at: number;
@@ -161,8 +163,9 @@ export class Ledger {
         const received = get("received");
         const client = /\(\S+\s+\[([^\]]+)\]\)/.exec(received)?.[1] ?? "";
         const by = /\bby\s+(\S+)/.exec(received)?.[1] ?? "";
+        const queueId = /\bwith\s+\S+\s+id\s+([0-9A-Za-z]+)/.exec(received)?.[1] ?? "";
         const t = Date.parse(received.slice(received.lastIndexOf(";") + 1).trim());
-        const a: Arrival = { mid: norm(get("message-id")), rcpt: get("delivered-to").toLowerCase(), clientIp: client, receivedBy: by, at: Number.isNaN(t) ? Date.now() : t };
+        const a: Arrival = { mid: norm(get("message-id")), rcpt: get("delivered-to").toLowerCase(), queueId, clientIp: client, receivedBy: by, at: Number.isNaN(t) ? Date.now() : t };
         const k = key(a.mid, a.rcpt);
         const l = this.arrivals.get(k);
         if (l) l.push(a);
