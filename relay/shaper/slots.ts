@@ -83,16 +83,16 @@ export function reserve(state: SlotState, limit: SlotLimit, n: number, now: numb
       const hs = windowStart(tat, hourMs, limit.dayZero);
       if (hs !== hour.start) hour = { start: hs, used: 0 };
     }
+    // Quota spent: nothing more until the next window. The chain stays where the last slot left
+    // it (not moved to the next window's start), so slots given back (release) within this window
+    // count again and can be granted again before it ends.
     if (day && day.used >= limit.daily!) {
-      // Quota spent: the next slot is in the next warm-up day.
-      tat = day.start + limit.dayMs;
-      retryAt = tat;
-      continue;
+      retryAt = day.start + limit.dayMs;
+      break;
     }
     if (hour && hour.used >= limit.hourly!) {
-      tat = hour.start + hourMs;
-      retryAt = tat;
-      continue;
+      retryAt = hour.start + hourMs;
+      break;
     }
     slots.push(tat);
     if (day) day.used++;

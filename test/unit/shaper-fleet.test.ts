@@ -246,6 +246,37 @@ describe("fleet shaper: quotas", () => {
   });
 });
 
+describe("fleet shaper: quota slots that pass unused", () => {
+  it("a lane that reserved its hour's quota with no mail to send gets it back within the hour", async () => {
+    // Delivery asks every lane for slots before it fetches; an idle lane's slots pass unused and
+    // are given back. They must return to the quota at once, not at the next window: the local
+    // fleet's marketing pool (hourly quota 5 per lane) sent nothing for the whole first hour.
+    const s = shape(600, 60_000);
+    const plan = makePlan({ lanes: [{ address: A1, shape: s, daily: 50, hourly: 5 }], warmup: { periodMs: 86_400_000, dayZero: 0 } });
+    const sim = new Sim(plan, 1);
+    sim.now = 3_600_000 * 5 + 10;
+    const l = sim.relays[0]!.limiter;
+    const g = await l.acquire(lane(), 8);
+    await flush();
+    const taken = [...g.slots, ...(await l.acquire(lane(), 8)).slots];
+    assert.equal(taken.length, 5, "the hour's quota");
+    sim.now += 200;
+    assert.deepEqual((await l.acquire(lane(), 8)).slots, [], "quota spent");
+    await flush();
+    sim.now += 10_000; // no mail came: the slots passed
+    l.release(lane(), taken);
+    let got: number[] = [];
+    for (let i = 0; i < 5 && !got.length; i++) {
+      got = (await l.acquire(lane(), 8)).slots;
+      await flush();
+      sim.now += 100;
+    }
+    assert.ok(got.length > 0, "no slot in the rest of the hour after giving back 5 unused ones");
+    assert.ok(got.every((t) => t < 3_600_000 * 6), "slots within the same hour");
+    await sim.close();
+  });
+});
+
 describe("fleet shaper: response rules", () => {
   const rules: PlanRule[] = [
     { name: "gmail-421-4728", enhancedCode: "4.7.28", action: "SuspendLane", durationMs: 60_000 },
