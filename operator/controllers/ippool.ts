@@ -6,6 +6,7 @@
 // Finalizer mailfleet.io/nats-cleanup: the only state of a pool outside Kubernetes is its durable
 // JetStream consumers (relays create them); nothing else would ever delete them. Everything in
 // Kubernetes goes with the pool through owner references, and its plan entry with the next plan.
+import { randomBytes } from "node:crypto";
 import type { IPPool, SendingDomain } from "../../api/v1alpha1/index.ts";
 import { dkimKeyName, webhookKeyName } from "../plan/compile.ts";
 import { issueServing, renewalReason } from "../certs.ts";
@@ -32,7 +33,15 @@ function secretData(s: KubeObject | undefined): Record<string, string> {
   return (s?.data as Record<string, string> | undefined) ?? {};
 }
 
-/** Every file of the pool's keyring: non-retired DKIM keys and webhook secrets of the domains it may send. */
+/** The keys relays sign and verify RFC 8058 one-click unsubscribe tokens with (relay/accept/unsubscribe.ts). */
+export const UNSUBSCRIBE_KEYS = ["unsubscribe.key", "unsubscribe.previous.key"] as const;
+
+/**
+ * Every file of the pool's keyring: non-retired DKIM keys and webhook secrets of the domains it may
+ * send, and, when one of them uses OneClick List-Unsubscribe, the token key: made once (32 random
+ * bytes) and then kept as the keyring has it, since a new key would void the links in mail
+ * already sent.
+ */
 export function keyring(ctx: Context, pool: IPPool): { files: Map<string, string>; missing: string[] } {
   const ns = pool.metadata.namespace!;
   const files = new Map<string, string>();
@@ -49,6 +58,11 @@ export function keyring(ctx: Context, pool: IPPool): { files: Map<string, string
       if (v) files.set(webhookKeyName(d.spec.domain, w.name), v);
       else missing.push(`Secret ${ns}/${w.secretRef.name} key ${w.secretRef.key}`);
     }
+  }
+  if (domains.some((d) => d.spec.listUnsubscribe?.mode === "OneClick")) {
+    const current = secretData(ctx.inf.secrets.get(ns, relaySecretName(pool.metadata.name)));
+    files.set(UNSUBSCRIBE_KEYS[0], current[UNSUBSCRIBE_KEYS[0]] ?? randomBytes(32).toString("base64"));
+    if (current[UNSUBSCRIBE_KEYS[1]]) files.set(UNSUBSCRIBE_KEYS[1], current[UNSUBSCRIBE_KEYS[1]]);
   }
   return { files, missing };
 }
