@@ -15,7 +15,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
+import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import nodemailer, { type Transporter } from "nodemailer";
 import { STREAM_EVENTS, subjects } from "../../relay/queue/topology.ts";
 import type { MailEvent } from "../../relay/delivery/events.ts";
@@ -103,14 +103,40 @@ export class Ledger {
   async start(natsUrls: string[]): Promise<void> {
     this.#nc = await connect({ servers: natsUrls, maxReconnectAttempts: -1, reconnectTimeWait: 250, noAsyncTraces: true });
     const js = jetstream(this.#nc);
+    const jsm = await jetstreamManager(this.#nc);
     const since = new Date(Date.now() - 5000).toISOString();
+    // The last stream sequence seen: a consumer made again (after an error, or a stall) goes on
+    // from there, so no event is missed or counted twice.
+    let lastSeq = 0;
     this.#tasks.push((async () => {
       while (!this.#stop.signal.aborted) {
         try {
-          const c = await js.consumers.get(STREAM_EVENTS, { filter_subjects: [subjects.events], deliver_policy: DeliverPolicy.StartTime, opt_start_time: since });
+          const c = await js.consumers.get(STREAM_EVENTS, lastSeq
+            ? { filter_subjects: [subjects.events], deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: lastSeq + 1 }
+            : { filter_subjects: [subjects.events], deliver_policy: DeliverPolicy.StartTime, opt_start_time: since });
           const msgs = await c.consume({ max_messages: 500 });
-          this.#stop.signal.addEventListener("abort", () => { void msgs.close(); }, { once: true });
-          for await (const m of msgs) this.event(m.json<MailEvent>());
+          const close = () => { void msgs.close(); };
+          this.#stop.signal.addEventListener("abort", close, { once: true });
+          // An ordered consumer can stall without an error when the server it used dies (seen
+          // with a NATS server killed for two minutes): when the stream has events past the last
+          // one seen and none came for 10 s, start again from there.
+          let progressAt = Date.now();
+          const watchdog = setInterval(() => {
+            jsm.streams.info(STREAM_EVENTS).then((i) => {
+              if (i.state.last_seq > lastSeq && Date.now() - progressAt > 10_000) close();
+            }, () => {});
+          }, 5000);
+          try {
+            for await (const m of msgs) {
+              progressAt = Date.now();
+              if (m.seq <= lastSeq) continue;
+              lastSeq = m.seq;
+              this.event(m.json<MailEvent>());
+            }
+          } finally {
+            clearInterval(watchdog);
+            this.#stop.signal.removeEventListener("abort", close);
+          }
         } catch {
           // the stream not created yet, or NATS going through a fault: try again
         }
