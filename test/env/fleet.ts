@@ -77,8 +77,8 @@ export interface FleetOptions {
   nodes?: number;
   /** Apply examples/ (default true), or only the example objects this keeps. */
   examples?: boolean | ((o: K8sObject) => boolean);
-  /** DNS records besides the test zones and what the operator asks for. */
-  extraRecords?: DnsRecord[];
+  /** More recipient domains, each with its MX at one of the receivers (by name). */
+  extraDomains?: { domain: string; receiver: string }[];
   /** Start Prometheus (default true). */
   prometheus?: boolean;
   /** Extra operator flags. */
@@ -188,6 +188,7 @@ export async function startFleet(o: FleetOptions = {}): Promise<Fleet> {
   const dir = resolve(o.dir ?? mkdtempSync(join(tmpdir(), "mf-fleet-")));
   mkdirSync(dir, { recursive: true });
   chmodSync(dir, 0o755); // Postfix's delivery agent (nobody) walks down to the inbox
+  for (const x of o.extraDomains ?? []) if (!RECEIVERS.some((r) => r.name === x.receiver)) throw new Error(`extraDomains: no receiver named ${x.receiver} (${RECEIVERS.map((r) => r.name).join(", ")})`);
   const missing = await preflight({ prometheus: o.prometheus });
   if (missing.length) throw new Error(`the local fleet cannot start:\n  - ${missing.join("\n  - ")}`);
 
@@ -223,7 +224,7 @@ export async function startFleet(o: FleetOptions = {}): Promise<Fleet> {
     log(`starting Postfix receivers on 127.0.${net}.x and dnsmasq on ${dnsAddress}`);
     const postfix = await startPostfix({
       dir: join(dir, "postfix"),
-      domains: RECEIVERS.flatMap((r) => r.domains),
+      domains: [...RECEIVERS.flatMap((r) => r.domains), ...(o.extraDomains ?? []).map((x) => x.domain)],
       listeners: RECEIVERS.map((r): PostfixListener => ({
         address: receiverAddress(r),
         hostname: r.mx,
@@ -297,7 +298,7 @@ export async function startFleet(o: FleetOptions = {}): Promise<Fleet> {
     let dnsFailing = false;
     let lastRecords = "";
     const records = async (): Promise<DnsRecord[]> => {
-      const out: DnsRecord[] = [...(o.extraRecords ?? [])];
+      const out: DnsRecord[] = (o.extraDomains ?? []).map((x) => ({ type: "MX" as const, name: x.domain, value: RECEIVERS.find((r) => r.name === x.receiver)!.mx, priority: 10 }));
       for (const r of RECEIVERS) {
         out.push({ type: "A", name: r.mx, value: receiverAddress(r) });
         for (const d of r.domains) out.push({ type: "MX", name: d, value: r.mx, priority: 10 });
@@ -464,6 +465,17 @@ async function main(): Promise<number> {
     process.stderr.write(`npm start: the local fleet cannot start:\n  - ${missing.join("\n  - ")}\n`);
     return 1;
   }
+  // One run per folder: a second `npm start` would pull the first one's state from under it.
+  const pidFile = `${dir}.pid`;
+  try {
+    const pid = Number(readFileSync(pidFile, "utf8"));
+    if (pid && pid !== process.pid && existsSync(`/proc/${pid}`) && readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("fleet.ts")) {
+      process.stderr.write(`npm start: the local fleet already runs in ${dir} (pid ${pid}); stop it with Ctrl-C there, or set MAILFLEET_FLEET_DIR for a second one\n`);
+      return 1;
+    }
+  } catch { /* no pid file */ }
+  writeFileSync(pidFile, String(process.pid));
+  process.on("exit", () => { try { if (readFileSync(pidFile, "utf8") === String(process.pid)) rmSync(pidFile); } catch { /* gone */ } });
   // A fresh cluster every time: the state of an earlier run (kept for a look at its logs) goes.
   if (existsSync(dir)) {
     if (!existsSync(join(dir, "kube")) && readdirSync(dir).length) {
