@@ -111,6 +111,7 @@ export async function act(fleet: Fleet, common: Common, action: Action, sel: Sel
   const paused: string[] = [];
   const delivered = new Map<string, number>();
   const touchesQueues = action !== "release" && !o.dryRun;
+  let keepPaused: NodeJS.Timeout | undefined;
   try {
     if (touchesQueues) {
       const cons = await queueConsumers(h);
@@ -132,6 +133,13 @@ export async function act(fleet: Fleet, common: Common, action: Action, sel: Sel
         const info = await h.jsm.consumers.info(STREAM_QUEUE, name);
         delivered.set(name, info.delivered.stream_seq);
       }
+    }
+    // Keep the pause going while this runs (a long scan must not outlive it): the delivered
+    // sequences read above hold only while no relay can fetch.
+    if (paused.length) {
+      keepPaused = setInterval(() => {
+        for (const name of paused) void h.jsm.consumers.pause(STREAM_QUEUE, name, new Date(Date.now() + PAUSE_MS)).catch(() => {});
+      }, PAUSE_MS / 4);
     }
     const scan = await scanQueue(h, sel, o.maxScan);
     const results: ItemResult[] = [];
@@ -159,6 +167,7 @@ export async function act(fleet: Fleet, common: Common, action: Action, sel: Sel
     }
     return report(common, action, sel, results, scan, o.dryRun);
   } finally {
+    if (keepPaused) clearInterval(keepPaused);
     for (const name of paused) await h.jsm.consumers.resume(STREAM_QUEUE, name).catch((e) => warn(`consumer ${name} could not be resumed (${(e as Error).message}); its pause ends by itself within ${PAUSE_MS / 60_000} minutes`));
   }
 }
