@@ -80,10 +80,11 @@ export class ChildGenerator {
       this.jobs.delete(m.id);
       if (m.error) job.reject(new Error(m.error));
       else job.resolve({ keyType: m.keyType!, privatePem: m.privatePem!, publicKey: m.publicKey! });
+      this.settle();
     });
     child.on("exit", () => {
       if (this.child === child) this.child = undefined;
-      if (this.closed) return;
+      if (this.closed || !this.jobs.size) return;
       // Ask again for what was in flight.
       for (const [id, job] of this.jobs) this.ensure().send({ id, keyType: job.keyType });
     });
@@ -93,12 +94,25 @@ export class ChildGenerator {
     return child;
   }
 
+  private idle: NodeJS.Timeout | undefined;
+
   generate: Generator = (keyType) => new Promise((resolve, reject) => {
     if (this.closed) return reject(new Error("key generator closed"));
     const id = this.next++;
     this.jobs.set(id, { keyType, resolve, reject });
+    if (this.idle) clearTimeout(this.idle);
     this.ensure().send({ id, keyType });
   });
+
+  /** With nothing to do for a while the process ends (its memory with it); the next key starts it again. */
+  private settle(): void {
+    if (this.jobs.size || this.closed) return;
+    if (this.idle) clearTimeout(this.idle);
+    this.idle = setTimeout(() => {
+      if (!this.jobs.size) this.child?.disconnect();
+    }, 30_000);
+    this.idle.unref();
+  }
 
   close(): void {
     this.closed = true;

@@ -65,7 +65,8 @@ export type Env = {
   get(path: string): Promise<any | undefined>;
   /** Writes recorded in the audit log since `since` (ISO time), optionally by one user. */
   audit(o?: { since?: string; user?: string }): AuditEvent[];
-  startOperator(o?: { identity?: string; args?: string[]; webhook?: boolean; nodeArgs?: string[] }): Promise<OperatorProcess>;
+  /** cgroup: a cgroup (v1 memory) directory to start the operator in, as a container would. */
+  startOperator(o?: { identity?: string; args?: string[]; webhook?: boolean; nodeArgs?: string[]; cgroup?: string }): Promise<OperatorProcess>;
   plan(): Promise<Plan | null>;
   stop(): Promise<void>;
 };
@@ -190,7 +191,10 @@ export async function startEnv(o: { name: string; withControllers?: boolean; nod
         "--log-level", "debug",
         ...(so.args ?? []),
       ];
-      const proc = startProcess({ name: `operator ${identity}`, command: process.execPath, args, logFile, cwd: PROJECT_ROOT, env: childEnv() });
+      // In a cgroup from the first instruction on: Node sizes its heap from the cgroup's limit at start.
+      const proc = so.cgroup
+        ? startProcess({ name: `operator ${identity}`, command: "/bin/sh", args: ["-c", `echo $$ > ${so.cgroup}/cgroup.procs && exec "$0" "$@"`, process.execPath, ...args], logFile, cwd: PROJECT_ROOT, env: childEnv() })
+        : startProcess({ name: `operator ${identity}`, command: process.execPath, args, logFile, cwd: PROJECT_ROOT, env: childEnv() });
       const op: OperatorProcess = {
         proc, identity, metricsPort, webhookPort, logFile,
         log: () => readFileSync(logFile, "utf8"),

@@ -16,7 +16,17 @@ test("operator lifecycle: providers, schedules, pools, domains", { timeout: 1_80
   const env: Env = await startEnv({ name: "op-lifecycle", dnsAddress: DNS });
   t.after(() => env.stop());
   await env.apply(ns(NS));
-  const op = await env.startOperator({ args: ["--resync", "1m"] });
+  // KEDA's ScaledObject CRD (its schema reduced to what this test needs): the operator looks for it
+  // at start and then autoscales on queue lag with ScaledObjects instead of HPAs.
+  await env.apply({
+    apiVersion: "apiextensions.k8s.io/v1", kind: "CustomResourceDefinition", metadata: { name: "scaledobjects.keda.sh" },
+    spec: {
+      group: "keda.sh", scope: "Namespaced", names: { plural: "scaledobjects", singular: "scaledobject", kind: "ScaledObject", listKind: "ScaledObjectList" },
+      versions: [{ name: "v1alpha1", served: true, storage: true, schema: { openAPIV3Schema: { type: "object", "x-kubernetes-preserve-unknown-fields": true } } }],
+    },
+  });
+  await eventually("KEDA CRD served", async () => (await env.get("/apis/keda.sh/v1alpha1"))?.resources?.length > 0);
+  const op = await env.startOperator({ args: ["--resync", "1m", "--nats-monitoring-endpoint", "127.0.0.1:8222"] });
 
   await t.test("MailboxProvider and WarmupSchedule get status and conditions", async () => {
     await env.apply(provider("gmail", { match: { domains: ["gmail.com"], mxSuffixes: ["google.com"] }, shaping: { maxConnections: 3, messageRate: "600/min" } }));
@@ -274,6 +284,62 @@ test("operator lifecycle: providers, schedules, pools, domains", { timeout: 1_80
       const p = await env.plan();
       return p && !p.pools.some((x) => x.name === "marketing");
     });
+  });
+
+  await t.test("KEDA present: queue-lag autoscaling with a ScaledObject instead of an HPA", async () => {
+    await env.apply(pool(NS, "bulk", {
+      addresses: [{ address: "127.0.1.21", hostname: "b21.example.test" }],
+      relay: { autoscaling: { minReplicas: 1, maxReplicas: 5, targetQueueDepth: 1000 } },
+    }));
+    const so = await eventually("ScaledObject bulk", () => env.get(`/apis/keda.sh/v1alpha1/namespaces/${NS}/scaledobjects/bulk`));
+    assert.deepEqual(so.spec.scaleTargetRef, { apiVersion: "apps/v1", kind: "Deployment", name: "bulk" });
+    assert.equal(so.spec.triggers[0].type, "nats-jetstream");
+    assert.equal(so.spec.triggers[0].metadata.natsServerMonitoringEndpoint, "127.0.0.1:8222");
+    assert.equal(so.spec.triggers[0].metadata.lagThreshold, "1000");
+    assert.equal(await env.get(`/apis/autoscaling/v2/namespaces/${NS}/horizontalpodautoscalers/bulk`), undefined);
+    assert.equal((await env.get(path.deployment(NS, "bulk"))).spec.replicas, 1, "replicas left to the autoscaler (the API server's default)");
+  });
+
+  await t.test("rotation: a new selector is published first and signs only once its record verifies; the old one retires after the overlap", async () => {
+    await env.apply(domain(NS, "rot", { domain: "rot.example.test", poolRef: { name: "transactional" }, dkim: { keyTypes: ["Ed25519"], rotationPeriod: "20s", overlap: "15s" } }));
+    const first = await eventually("first key active", async () => {
+      const o = await env.get(path.domain(NS, "rot"));
+      return o?.status?.dkim?.length === 1 && o.status.dkim[0].state === "Active" && o;
+    });
+    const old = first.status.dkim[0].selector as string;
+    // After the rotation period: a new selector, Published, in DNS records but not signing.
+    const pub = await eventually("new selector published", async () => {
+      const o = await env.get(path.domain(NS, "rot"));
+      return o.status.dkim.some((k: any) => k.state === "Published") && o;
+    }, 120_000);
+    const fresh = pub.status.dkim.find((k: any) => k.state === "Published").selector as string;
+    assert.notEqual(fresh, old);
+    assert.ok(pub.status.dnsRecords.some((r: any) => r.selector === fresh), "the new record is listed to publish");
+    const planned = (await env.plan())!.domains.find((d) => d.domain === "rot.example.test")!;
+    assert.deepEqual(planned.dkim.map((k) => k.selector), [old], "signing stays on the old key");
+    // Still unpublished a while later: no switch.
+    await new Promise((r) => setTimeout(r, 8000));
+    assert.equal((await env.get(path.domain(NS, "rot"))).status.dkim.find((k: any) => k.selector === fresh).state, "Published");
+    // Publish it: signing switches, the old selector retires and stays listed for the overlap.
+    const rec = pub.status.dnsRecords.find((r: any) => r.selector === fresh);
+    await env.dns.addRecords([{ type: "TXT", name: rec.name, value: rec.value }]);
+    const switched = await eventually("new selector active", async () => {
+      const o = await env.get(path.domain(NS, "rot"));
+      return o.status.dkim.find((k: any) => k.selector === fresh)?.state === "Active" && o;
+    }, 120_000);
+    assert.equal(switched.status.dkim.find((k: any) => k.selector === old).state, "Retiring");
+    assert.ok(switched.status.dnsRecords.some((r: any) => r.selector === old), "the retiring record stays published");
+    await eventually("plan signs with the new key", async () => {
+      const d = (await env.plan())?.domains.find((x) => x.domain === "rot.example.test");
+      return d?.dkim.length === 1 && d.dkim[0]!.selector === fresh;
+    });
+    await eventually("old selector removed after the overlap, its Secret deleted", async () => {
+      const o = await env.get(path.domain(NS, "rot"));
+      return !o.status.dkim.some((k: any) => k.selector === old) && !(await env.get(path.secret(NS, `rot-dkim-${old}`)));
+    }, 120_000);
+    const evs = await eventsFor(env, NS, "rot");
+    for (const r of ["DKIMSelectorPublished", "DKIMSelectorActive", "DKIMSelectorRetiring", "DKIMSelectorRemoved"]) assert.ok(evs.some((e) => e.reason === r), `${r} Event`);
+    await env.req("DELETE", path.domain(NS, "rot"));
   });
 
   await t.test("metrics", async () => {
