@@ -9,7 +9,10 @@
 // Positive answers are cached for their smallest TTL, NXDOMAIN and NODATA for the SOA minimum of
 // the authority section (RFC 2308), both clamped to [minTtlMs, maxTtlMs]. DNS failures are not
 // cached; an expired answer is served (RFC 8767 serve-stale) when a refresh fails, for at most
-// staleMs, so a resolver outage does not stop mail to domains we knew a moment ago.
+// staleMs, so a resolver outage does not stop mail to domains we knew a moment ago. After a failed
+// refresh the stale answer is served at once for recheckMs (RFC 8767's failure recheck timer):
+// otherwise every lookup would wait for the next timeout first (measured: with the DNS server
+// silent, delivery fell from ~10 to 0.7 messages a second).
 import { DnsClient, DnsTemporaryError, type DnsAnswer } from "./dns.ts";
 
 export interface MxHost {
@@ -35,12 +38,16 @@ export interface ResolverOptions {
   /** NXDOMAIN/NODATA TTL when the answer carries no SOA. Default 5 min. */
   negativeTtlMs?: number;
   staleMs?: number;
+  /** After a failed refresh, serve the stale answer without asking DNS for this long. Default 30 s. */
+  recheckMs?: number;
   now?: () => number;
 }
 
 interface Entry<T> {
   value: T;
   expiresAt: number;
+  /** Set when a refresh failed: until then the stale value is served without a lookup. */
+  recheckAt?: number;
 }
 
 /** Insertion-ordered Map used as an LRU: a hit moves the key to the end, the oldest goes first. */
@@ -80,6 +87,7 @@ export class MxResolver {
   readonly #maxTtl: number;
   readonly #negTtl: number;
   readonly #stale: number;
+  readonly #recheck: number;
   readonly #now: () => number;
   /** Lookups in progress, so a burst of mail to one new domain asks once. */
   readonly #pending = new Map<string, Promise<unknown>>();
@@ -93,6 +101,7 @@ export class MxResolver {
     this.#maxTtl = opts.maxTtlMs ?? 3_600_000;
     this.#negTtl = opts.negativeTtlMs ?? 300_000;
     this.#stale = opts.staleMs ?? 3_600_000;
+    this.#recheck = opts.recheckMs ?? 30_000;
     this.#now = opts.now ?? Date.now;
   }
 
@@ -123,6 +132,7 @@ export class MxResolver {
     const e = lru.get(key);
     const now = this.#now();
     if (e && e.expiresAt > now) return e.value;
+    if (e?.recheckAt !== undefined && now < e.recheckAt && now - e.expiresAt < this.#stale) return e.value;
     let p = this.#pending.get(pendingKey) as Promise<Entry<T>> | undefined;
     if (!p) {
       p = lookup().finally(() => this.#pending.delete(pendingKey));
@@ -133,7 +143,10 @@ export class MxResolver {
       lru.set(key, fresh);
       return fresh.value;
     } catch (err) {
-      if (err instanceof DnsTemporaryError && e && now - e.expiresAt < this.#stale) return e.value;
+      if (err instanceof DnsTemporaryError && e && now - e.expiresAt < this.#stale) {
+        e.recheckAt = this.#now() + this.#recheck;
+        return e.value;
+      }
       throw err;
     }
   }
