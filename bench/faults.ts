@@ -34,6 +34,7 @@ try {
     duplicates_pct: r.accepted ? Number(((100 * r.duplicates) / r.acceptedRecipients).toFixed(3)) : 0,
     submissions_given_up: run.workload.failed, submission_retries: run.workload.retries, p99_accept_ms: Math.round(run.p99AcceptMs),
     rate_offered: rate, fault_minutes: minutes, wall_s: Math.round((Date.now() - t0) / 1000),
+    duplicates_after: run.duplicatesAfter,
     timeline: run.timeline.map((t) => `${Math.round(t.at / 1000)}s ${t.what}`),
   }) + "\n");
   if (r.lost > 0) code = 1;

@@ -36,7 +36,7 @@ describe("faults under load", { timeout: 1_800_000 }, () => {
     });
     for (const l of lines) t.diagnostic(l);
     const r = run.report;
-    t.diagnostic(JSON.stringify({ ...r, lostSamples: undefined, retries: run.workload.retries, gaveUp: run.workload.failed }));
+    t.diagnostic(JSON.stringify({ ...r, lostSamples: undefined, duplicateFirstArrivals: undefined, duplicatesAfter: run.duplicatesAfter, retries: run.workload.retries, gaveUp: run.workload.failed }));
     for (const s of r.lostSamples) t.diagnostic(`lost: ${s}`);
     assert.ok(r.accepted > 100, `only ${r.accepted} messages accepted: ${run.workload.errors.slice(-3).join(" | ")}`);
     assert.equal(r.lost, 0, "accepted recipients without a final event (or delivered but never arrived)");

@@ -39,6 +39,8 @@ export interface FaultPlan {
 
 export interface FaultRun {
   report: LedgerReport;
+  /** Duplicated messages by the last event of the timeline before their first copy arrived. */
+  duplicatesAfter: Record<string, number>;
   workload: WorkloadStats;
   /** What happened when (ms since the start of the load). */
   timeline: { at: number; what: string }[];
@@ -138,5 +140,11 @@ export async function runFaults(fleet: Fleet, p: FaultPlan): Promise<FaultRun> {
   const report = await ledger.settle(p.settleMs, (r) => log(`settling: ${r.lost} of ${r.acceptedRecipients} recipients without a final event or arrival`));
   mark("settled");
   await ledger.stop();
-  return { report, workload: workload.stats, timeline, p99AcceptMs: percentile(workload.stats.latencies, 99) };
+  const duplicatesAfter: Record<string, number> = {};
+  for (const at of report.duplicateFirstArrivals) {
+    const e = timeline.filter((x) => x.at <= at - t0).at(-1);
+    const k = e ? e.what : "before the first fault";
+    duplicatesAfter[k] = (duplicatesAfter[k] ?? 0) + 1;
+  }
+  return { report, duplicatesAfter, workload: workload.stats, timeline, p99AcceptMs: percentile(workload.stats.latencies, 99) };
 }

@@ -75,6 +75,8 @@ export interface LedgerReport {
   duplicates: number;
   /** Final events beyond the first per recipient (a repeated attempt after a crash). */
   duplicateFinals: number;
+  /** When the first copy of each duplicated message arrived (ms since the epoch). */
+  duplicateFirstArrivals: number[];
   deferred: number;
   arrivals: number;
   lostSamples: string[];
@@ -247,9 +249,14 @@ export class Ledger {
       }
     }
     let duplicates = 0, arrivals = 0;
-    for (const l of this.arrivals.values()) { arrivals += l.length; duplicates += l.length - 1; }
+    const duplicateFirstArrivals: number[] = [];
+    for (const l of this.arrivals.values()) {
+      arrivals += l.length;
+      duplicates += l.length - 1;
+      if (l.length > 1) duplicateFirstArrivals.push(Math.min(...l.map((a) => a.at)));
+    }
     return {
-      accepted: this.accepted.size, acceptedRecipients: rcpts, delivered, bounced, expired, lost, duplicates, duplicateFinals,
+      accepted: this.accepted.size, acceptedRecipients: rcpts, delivered, bounced, expired, lost, duplicates, duplicateFinals, duplicateFirstArrivals,
       deferred: this.counts.deferred ?? 0, arrivals, lostSamples,
     };
   }
