@@ -75,7 +75,13 @@ export const poolPlan = z.object({
   id: z.string().describe("namespace/name"),
   namespace: z.string(),
   name: z.string(),
-  addresses: z.array(z.object({ address: z.string(), hostname: z.string(), nodeName: z.string().optional() }).loose()),
+  addresses: z.array(z.object({
+    address: z.string(),
+    hostname: z.string(),
+    nodeName: z.string().optional(),
+    /** Limits on the address as a whole, across its lanes and the fleet (the tightest applicable limit wins). */
+    limits: z.object({ messageRate: rate.nullable().optional(), maxConnections: z.number().int().min(1).nullable().optional() }).loose().optional(),
+  }).loose()),
   egress: z.object({ mode: z.enum(["HostNetwork", "PerAddress"]), bindAddress: z.boolean() }).loose(),
   overflowPool: z.string().nullable(),
   /** Warm-up windows: day n starts at dayZero + n * periodMs. */

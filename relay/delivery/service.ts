@@ -28,6 +28,7 @@ import { deliveryMetrics, type DeliveryMetrics } from "./metrics.ts";
 import { Outcomes, type Suppressor } from "./outcomes.ts";
 import { NoConnectionSlot, SessionPool } from "./smtp.ts";
 import { suppressorFor } from "./suppress.ts";
+import { moveToOverflow } from "./overflow.ts";
 
 export interface DeliveryOptions {
   /** The lane limiter (default: per relay, relay/shaper/local.ts). */
@@ -246,6 +247,8 @@ export class Delivery implements Component {
       }
       const total = grants.reduce((n, g) => n + g.slots.length, 0);
       if (!total) {
+        // Quota spent on every lane of the pool for this provider: the overflow pool takes the backlog.
+        if (await this.#overflow(loop.provider, lanes, consumer)) continue;
         await loop.wake.wait(Math.min(5000, Math.max(20, wait)));
         continue;
       }
@@ -290,6 +293,22 @@ export class Delivery implements Component {
         }
         for (const u of unused.values()) this.#limiter.release(u.lane, u.slots);
       }
+    }
+  }
+
+  /** Moves a batch to the overflow pool when the shaper says every lane of the pool is quota-held. */
+  async #overflow(provider: string, lanes: LaneRef[], consumer: Consumer): Promise<boolean> {
+    const plan = this.#ctx.plan();
+    const pool = plan?.pool;
+    const to = pool?.overflowPool;
+    if (!pool || !to || !plan.pools.has(to) || !lanes.length || !this.#limiter.quotaHeldEverywhere) return false;
+    if (!lanes.every((l) => this.#limiter.view(l).reason === "quota")) return false;
+    try {
+      if (!(await this.#limiter.quotaHeldEverywhere(pool.id, provider))) return false;
+      return (await moveToOverflow({ js: this.#ctx.js, consumer, from: pool.id, to, provider, max: 100, registry: this.#ctx.registry, log: this.#log })) > 0;
+    } catch (err) {
+      this.#log.warn("overflow failed", { provider, error: err as Error });
+      return false;
     }
   }
 

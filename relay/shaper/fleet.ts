@@ -110,6 +110,9 @@ interface LaneLocal {
   /** Slots this relay can use per reservation (demand): doubles while it uses all it gets, halves when slots pass unused. */
   want: number;
   missedSinceRefill: number;
+  /** Slots the last reservation added, and the back-off while whole batches pass unused (no backlog). */
+  lastBatch: number;
+  idleMs: number;
   factor: number;
   touched: number;
 }
@@ -180,16 +183,26 @@ export class FleetLaneLimiter implements LaneLimiter {
   // ---- plan and views -------------------------------------------------------------------------
 
   setPlan(plan: Plan): void {
+    const limitsOf = (id: string, l: LanePlan | undefined) => {
+      const pool = this.#pools.get(id.split("|")[0]!);
+      return JSON.stringify([l?.shape.messageRate, l?.dailyQuota, l?.hourlyQuota, pool?.warmup]);
+    };
+    const oldLimits = new Map([...this.#lanePlans].map(([id, l]) => [id, limitsOf(id, l)]));
     this.#pools = new Map(plan.pools.map((p) => [p.id, p]));
     this.#providers = new Map(plan.providers.map((p) => [p.name, p]));
     this.#lanePlans = new Map();
     for (const pool of plan.pools) {
       for (const l of pool.lanes) this.#lanePlans.set(laneId({ pool: pool.id, address: l.address, provider: l.provider }), l);
     }
-    // Lanes that may no longer send (manual suspension, pause, removal) give their slots back now.
+    // Lanes that may no longer send (manual suspension, pause, removal) give their slots back now;
+    // so do lanes whose rate or quotas changed (slots reserved under the old ones would not count).
     for (const L of this.#lanes.values()) {
       const p = this.#lanePlans.get(L.id);
       if (!p || !SENDING_STATES.has(p.state)) this.#dropStock(L, "dropped");
+      else if (oldLimits.has(L.id) && oldLimits.get(L.id) !== limitsOf(L.id, p)) {
+        this.#dropStock(L, "dropped");
+        L.nextTry = 0;
+      }
     }
   }
 
@@ -200,7 +213,7 @@ export class FleetLaneLimiter implements LaneLimiter {
       L = {
         ref: { pool: ref.pool, address: ref.address, provider: ref.provider }, id,
         key: this.#key(shaperKeys.lane(ref), { pool: ref.pool, address: ref.address, provider: ref.provider }),
-        stock: [], out: new Map(), lastAt: 0, nextTry: 0, pendingRelease: [], want: 16, missedSinceRefill: 0, factor: 1, touched: this.#now(),
+        stock: [], out: new Map(), lastAt: 0, nextTry: 0, pendingRelease: [], want: 16, missedSinceRefill: 0, lastBatch: 0, idleMs: 0, factor: 1, touched: this.#now(),
       };
       this.#lanes.set(id, L);
     }
@@ -233,9 +246,7 @@ export class FleetLaneLimiter implements LaneLimiter {
         maxConns: p.limits.maxConnections ?? null,
       });
     }
-    const a = this.#pools.get(ref.pool)?.addresses.find((x) => x.address === ref.address) as
-      | { limits?: { messageRate?: { count: number; periodMs: number } | null; maxConnections?: number | null } }
-      | undefined;
+    const a = this.#pools.get(ref.pool)?.addresses.find((x) => x.address === ref.address);
     if (a?.limits && (a.limits.messageRate || a.limits.maxConnections != null)) {
       out.push({
         k: this.#key(shaperKeys.address(ref.address), { address: ref.address }),
@@ -307,8 +318,9 @@ export class FleetLaneLimiter implements LaneLimiter {
     if (eff.suspendedUntil) {
       return { ...base, sendable: false, reason: eff.providerSuspended ? "provider-suspended" : "suspended", until: eff.suspendedUntil };
     }
-    // Slots already reserved are this relay's to spend, whatever the quota's count says now.
-    const q = L.stock.length ? 0 : this.#quotaUntil(L, plan, now);
+    // Slots already reserved are this relay's to spend, whatever the quota's count says now; slots
+    // this relay will give back may make room (the next reservation returns them first).
+    const q = L.stock.length || L.pendingRelease.length ? 0 : this.#quotaUntil(L, plan, now);
     if (q) return { ...base, sendable: false, reason: "quota", until: q };
     return { ...base, sendable: true };
   }
@@ -319,11 +331,14 @@ export class FleetLaneLimiter implements LaneLimiter {
     return !v.sendable && v.reason !== "quota";
   }
 
-  /** Connections this relay could have on the lane: its allowance plus what no relay holds. */
-  #potentialConnections(L: LaneLocal, max: number, now: number): number {
+  /**
+   * The lane's connection cap as delivery sees it: how many parts it may have in flight. The fleet
+   * cap itself (connect() holds each relay to its allowance), so a relay can line up a whole batch
+   * of slots while its few connections carry them; on the local share, the share.
+   */
+  #potentialConnections(L: LaneLocal, max: number, _now: number): number {
     if (this.#isLocal()) return Math.min(max, localConnections(max, L.key.relays));
-    const others = othersConnections(L.key.known, this.#self, now, this.#lease);
-    return Math.max(0, Math.min(max, max - others));
+    return max;
   }
 
   // ---- send slots -----------------------------------------------------------------------------
@@ -383,6 +398,7 @@ export class FleetLaneLimiter implements LaneLimiter {
   release(ref: LaneRef, slots: number[]): void {
     const L = this.#lanes.get(laneId(ref));
     if (!L || !slots.length) return;
+    this.#log?.debug("shaper: slots given back by delivery", { lane: L.id, slots: slots.length });
     const now = this.#now();
     const back: Held[] = [];
     for (const s of slots) {
@@ -443,6 +459,18 @@ export class FleetLaneLimiter implements LaneLimiter {
   }
 
   #startRefill(L: LaneLocal): void {
+    // A whole batch passed unused: nothing to send here (delivery asks before it knows whether the
+    // queue holds anything). Back off, so idle lanes cost few writes and leave the chain to relays
+    // that have mail.
+    if (L.lastBatch > 0 && L.missedSinceRefill >= L.lastBatch) {
+      L.idleMs = Math.min(4000, Math.max(250, L.idleMs * 2));
+      L.lastBatch = 0;
+      L.missedSinceRefill = 0;
+      L.want = 4;
+      L.nextTry = this.#now() + L.idleMs;
+      return;
+    }
+    if (L.missedSinceRefill === 0) L.idleMs = 0;
     // Demand: all used since the last reservation -> ask for more; some passed unused -> less.
     L.want = L.missedSinceRefill > 0 ? Math.max(4, Math.floor(L.want / 2)) : Math.min(L.want * 2, 100_000);
     L.missedSinceRefill = 0;
@@ -485,6 +513,7 @@ export class FleetLaneLimiter implements LaneLimiter {
         this.#metrics?.reservations.inc({ ...labels, result: "local" });
       }
     }
+    if (this.#log?.enabled("debug")) this.#log.debug("shaper: reservation", { lane: L.id, slots: slots.length, first: slots[0], nextTry: L.nextTry, local: this.#isLocal() });
     if (!slots.length) return;
     this.#metrics?.slots.inc({ ...labels, outcome: "reserved" }, slots.length);
     let held: Held[] = slots.map((s) => ({ at: s, deadline: s + grace, slot: s }));
@@ -507,6 +536,7 @@ export class FleetLaneLimiter implements LaneLimiter {
     }
     L.stock = [...L.stock, ...held].sort((a, b) => a.at - b.at);
     L.lastAt = Math.max(L.lastAt, held[held.length - 1]!.at);
+    L.lastBatch = held.length;
     // A slow-down that arrived while the reservation was in flight applies to it too.
     const after = this.#effective(L.ref, plan, this.#now()).factor;
     if (after < eff.factor - 1e-9) this.#thin(L, plan, after);
@@ -525,20 +555,23 @@ export class FleetLaneLimiter implements LaneLimiter {
         let s: SlotState = cur.s ?? { tat: 0 };
         if (release.length) s = releaseSlots(s, limit, release);
         if (L.key.local) s = addSpent(s, L.key.local.s);
-        // Slots are useless without a connection: ask for one in the same write.
-        const t = touchRelay(cur, this.#self, now, this.#lease, Math.max(this.#desiredConns(L.key, now), 1), maxConns);
+        const r = reserve(s, limit, batch, now, horizon);
+        // Slots are useless without a connection: ask for one in the same write (only then: a
+        // relay that gets no slots must not hold a connection another relay could use).
+        const desired = this.#desiredConns(L.key, now);
+        const t = touchRelay(cur, this.#self, now, this.#lease, r.slots.length ? Math.max(desired, 1) : desired, maxConns);
         let next: KeyState = { ...t.next, s };
         slots = [];
-        if (t.conns > 0 || L.key.open > 0) {
-          const r = reserve(s, limit, batch, now, horizon);
-          // Nothing granted: keep the windows as they are (reserve() would roll them forward).
-          if (r.slots.length) next = { ...next, s: r.next };
+        if (r.slots.length && (t.conns > 0 || L.key.open > 0)) {
+          next = { ...next, s: r.next };
           slots = r.slots;
-          // None: quota spent (retryAt = next window) or the chain reaches the horizon (retryAt =
-          // its head): come back when a slot can fall within the horizon again.
-          nextTry = Math.max(now + 20, r.retryAt - horizon + 1);
-        } else {
+        } else if (r.slots.length) {
           nextTry = now + 2000; // every connection is held by other relays
+        } else {
+          // None: quota spent (retryAt = next window) or the chain reaches the horizon (retryAt =
+          // its head): come back when a slot can fall within the horizon again. (The windows are
+          // kept as they are: reserve() would roll them forward.)
+          nextTry = Math.max(now + 20, r.retryAt - horizon + 1);
         }
         const changed = slots.length > 0 || release.length > 0 || Boolean(L.key.local) || t.conns !== L.key.conns || now - L.key.wroteAt > this.#lease / 3;
         return changed ? next : null;
@@ -937,7 +970,37 @@ export class FleetLaneLimiter implements LaneLimiter {
     const now = this.#now();
     for (const L of this.#lanes.values()) {
       this.#expire(L, now);
-      for (const [t, list] of L.out) if (list.every((d) => d < now - 60_000)) L.out.delete(t);
+      // Handed to delivery and never spent nor given back (the part went back to the queue before
+      // its transaction, e.g. no connection in time): past their grace they are gone; quota back.
+      for (const [t, list] of L.out) {
+        const gone = list.filter((d) => d < now - 5000);
+        if (!gone.length) continue;
+        const keep = list.filter((d) => d >= now - 5000);
+        if (keep.length) L.out.set(t, keep);
+        else L.out.delete(t);
+        this.#metrics?.slots.inc({ ...this.#labels(L.ref), outcome: "late" }, gone.length);
+        this.#giveBack(L, gone.map(() => t));
+      }
+    }
+    // Quota of slots that will not be sent goes back now (other relays may be waiting for it).
+    if (!this.#isLocal()) {
+      for (const L of this.#lanes.values()) {
+        if (!L.pendingRelease.length || L.refill) continue;
+        const plan = this.#lanePlans.get(L.id);
+        if (!plan) continue;
+        const give = L.pendingRelease.splice(0);
+        this.#log?.debug("shaper: giving back quota", { lane: L.id, slots: give.length });
+        const limit = this.#laneLimit(L.ref, plan, L.factor);
+        void this.#update(L.key, (cur) => (cur.s ? { ...cur, s: releaseSlots(cur.s, limit, give) } : null))
+          .then(() => { L.nextTry = 0; }, () => { L.pendingRelease.push(...give); });
+      }
+      // A lane held by its quota: other relays may give slots back; look again now and then.
+      for (const L of this.#lanes.values()) {
+        if (now - L.touched > 60_000 || now - L.key.readAt < 15_000 || this.view(L.ref).reason !== "quota") continue;
+        void this.#read(L.key).then(() => {
+          if (this.view(L.ref).sendable) L.nextTry = 0;
+        }, () => {});
+      }
     }
     // Connection allowances are leases: refresh them while held, shrink them when idle.
     if (!this.#isLocal()) {

@@ -57,6 +57,8 @@ export interface NatsStoreOptions {
   /** Replicas of the bucket: 3 when the mail streams are R3. */
   replicas: number;
   timeoutMs?: number;
+  /** How long start-up may wait for the bucket. Default 60 s. */
+  startTimeoutMs?: number;
 }
 
 /** The shaper's store on NATS: KV `mf-shaper` plus core subjects, over the given connection. */
@@ -77,11 +79,20 @@ export class NatsShaperStore implements ShaperStore {
   /** Opens (creating when missing) the bucket. */
   static async open(nc: NatsConnection, o: NatsStoreOptions): Promise<NatsShaperStore> {
     const s = new NatsShaperStore(nc, o.timeoutMs ?? 1000);
-    // Bucket creation may meet a leader election on a fresh cluster: use a longer timeout once.
+    // Creating an R3 bucket may meet a leader election on a fresh cluster, or a busy one: longer
+    // timeouts, and retries for a while, before a relay gives up starting.
     const kvm = new Kvm(jetstream(nc, { timeout: 10_000 }));
-    await kvm.create(SHAPER_BUCKET, { history: 1, replicas: o.replicas, storage: StorageType.File });
-    s.#kv = await new Kvm(s.#js).open(SHAPER_BUCKET);
-    return s;
+    const deadline = Date.now() + (o.startTimeoutMs ?? 60_000);
+    for (;;) {
+      try {
+        await kvm.create(SHAPER_BUCKET, { history: 1, replicas: o.replicas, storage: StorageType.File });
+        s.#kv = await new Kvm(s.#js).open(SHAPER_BUCKET);
+        return s;
+      } catch (e) {
+        if (Date.now() > deadline) throw new Error(`shaper: KV bucket ${SHAPER_BUCKET} not available: ${(e as Error).message}`);
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
   }
 
   get kv(): KV {

@@ -29,6 +29,8 @@ import { decodeKey } from "../../relay/shaper/keystate.ts";
 import { readLaneStates } from "../../relay/shaper/state.ts";
 import { maxInWindow } from "../../relay/shaper/slots.ts";
 import { eventLog, makePlan, submit, until, POOL, type PlanSpec, type ProviderSpec } from "./delivery-harness.ts";
+import { STREAM_QUEUE, subjects } from "../../relay/queue/topology.ts";
+import { decodeEnvelope } from "../../relay/queue/envelope.ts";
 
 const T = { timeout: 900_000 };
 const ROOT = join(import.meta.dirname, "..", "..");
@@ -88,7 +90,7 @@ async function startRelayProcess(name: string): Promise<ManagedProcess> {
       MAILFLEET_SECRETS_DIR: join(base, "secrets"),
       MAILFLEET_TLS_DIR: join(base, "tls"),
       MAILFLEET_STREAM_REPLICAS: "3",
-      MAILFLEET_LOG_LEVEL: "info",
+      MAILFLEET_LOG_LEVEL: process.env.MAILFLEET_TEST_LOG ? "debug" : "info",
     },
   });
   relays.set(name, proc);
@@ -249,6 +251,54 @@ describe("response rules", () => {
     assert.equal(rec.of(OUT1.address).filter((t) => t.at > since).length, 0, "nothing from the manually suspended lane");
     await applyPlan({ providers: [anvil({ maxConnections: 2 }), recp(shape, rules)] });
     await until("all delivered", () => delivered(qids) === 100, 300_000);
+  });
+});
+
+describe("quotas", () => {
+  test("quota spent on every lane: the backlog moves to the overflow pool; never while a lane is held otherwise", T, async () => {
+    const POOL2 = "mail/overflow";
+    const OUT3 = { address: "127.0.75.3", hostname: "out3.shaper.test" };
+    const shape = { messageRate: { count: 600, periodMs: 60_000 }, maxConnections: 2, messagesPerConnection: 1000 };
+    const withOverflow = (lanes: PlanSpec["lanes"]): Plan => {
+      const p = makePlan({ providers: [anvil({ maxConnections: 2 }), recp(shape)], addresses: [OUT1, OUT2], lanes, delivery: { retryBaseMs: 1000, retryMaxMs: 3000 } });
+      const pool = p.pools[0]!;
+      pool.warmup = { periodMs: 86_400_000, dayZero: 0 };
+      pool.overflowPool = POOL2;
+      for (const l of pool.lanes) if (l.provider === "rec") Object.assign(l, { dailyQuota: 1000, hourlyQuota: 5 });
+      p.pools.push({ ...pool, id: POOL2, name: "overflow", addresses: [OUT3], overflowPool: null, warmup: null, lanes: pool.lanes.filter((l) => l.address === OUT1.address).map((l) => ({ ...l, address: OUT3.address, state: "Healthy", dailyQuota: null, hourlyQuota: null })) });
+      return { ...p, revision: `${p.revision}-ovf${JSON.stringify(lanes).length}` };
+    };
+    const queued = async (pool: string) => {
+      const info = await jsm.streams.info(STREAM_QUEUE, { subjects_filter: subjects.ready(pool, "rec") });
+      return (info.state.subjects as Record<string, number> | undefined)?.[subjects.ready(pool, "rec")] ?? 0;
+    };
+    const publish = async (p: Plan) => {
+      plan = p;
+      await planKv.put(PLAN_KEY, JSON.stringify(p));
+      await until("every relay applied the plan", async () => {
+        for (const name of relays.keys()) if (!(await logOf(name)).includes(p.revision)) return false;
+        return true;
+      }, 60_000);
+    };
+    // OUT1 held by hand, OUT2 on its hourly quota: not every lane is quota-held, so nothing moves.
+    await publish(withOverflow({ [`${OUT1.address}/rec`]: { state: "Suspended", manual: true } }));
+    const since = Date.now();
+    const subs = await send(30, "rec.test", "q");
+    const qids = new Set(subs.map((s) => s.qid));
+    await until("OUT2's quota spent", () => rec.of(OUT2.address).filter((t) => t.at > since).length >= 5, 120_000);
+    await sleep(15_000);
+    assert.equal(await queued(POOL2), 0, "nothing overflowed while a lane was suspended");
+    assert.ok(rec.of(OUT2.address).filter((t) => t.at > since).length <= 5 || new Date().getUTCMinutes() === 0, "OUT2 kept to its quota");
+    // OUT1 released: it spends its quota too, then every lane is quota-held and the backlog moves.
+    await publish(withOverflow({}));
+    await until("the backlog in the overflow pool's ready queue", async () => (await queued(POOL2)) >= 15, 180_000);
+    const last = await jsm.streams.getMessage(STREAM_QUEUE, { last_by_subj: subjects.ready(POOL2, "rec") });
+    const env = decodeEnvelope(last!.data);
+    assert.equal(env.overflowFrom, POOL);
+    assert.equal(env.pool, POOL2);
+    const sent = delivered(qids);
+    assert.ok(sent <= 12, `delivered within the quotas: ${sent}`);
+    assert.equal(sent + (await queued(POOL2)) + (await queued(POOL)), 30, "nothing lost");
   });
 });
 

@@ -490,6 +490,25 @@ describe("fleet shaper: provider and address limits (cells)", () => {
     await sim.close();
   });
 
+  it("an address limit across its providers (two lanes, 3 relays): the address key holds, connections too", async () => {
+    const s = shape(3000, 60_000);
+    const plan = makePlan({ lanes: [{ address: A1, provider: "gmail", shape: s }, { address: A1, provider: "yahoo", shape: s }] });
+    plan.pools[0]!.addresses[0]!.limits = { messageRate: { count: 2400, periodMs: 60_000 }, maxConnections: 3 };
+    const sim = new Sim(plan, 3);
+    await sim.run(70_000, [lane(A1, "gmail"), lane(A1, "yahoo")]);
+    const all = [...sim.times(lane(A1, "gmail")), ...sim.times(lane(A1, "yahoo"))].sort((a, b) => a - b);
+    const aLimit: SlotLimit = { rate: { count: 2400, periodMs: 60_000 }, factor: 1, daily: null, hourly: null, dayMs: 86_400_000, dayZero: 0 };
+    assert.ok(maxInWindow(all, 60_000) <= cellBound(aLimit), `address window ${maxInWindow(all, 60_000)}`);
+    assert.ok(maxInWindow(all, 60_000) >= 0.9 * 2400, `address utilization ${maxInWindow(all, 60_000)}`);
+    const leases = [];
+    for (const r of sim.relays) for (const p of ["gmail", "yahoo"]) {
+      const c = await r.limiter.connect(lane(A1, p));
+      if ("release" in c) leases.push(c);
+    }
+    assert.ok(leases.length <= 3, `address connection cap: ${leases.length} open`);
+    await sim.close();
+  });
+
   it("presence: live relays count only recent entries", () => {
     let k = emptyKey();
     k = touchRelay(k, "a", 1000, 10_000, 1, 5).next;
