@@ -11,7 +11,7 @@ import { reconcileDomain } from "./controllers/sendingdomain.ts";
 import { reconcileSchedule } from "./controllers/warmupschedule.ts";
 import { type WebhookConfig, reconcileWebhook, servingPair } from "./controllers/webhook.ts";
 import { type Informers, World } from "./controllers/world.ts";
-import { ChildGenerator, KeyFactory } from "./dkim/keys.ts";
+import { KeyFactory, WorkerGenerator } from "./dkim/keys.ts";
 import { makeLookup } from "./dns/resolver.ts";
 import { PlanStore } from "./plan/store.ts";
 import { Controller } from "./runtime/controller.ts";
@@ -47,7 +47,7 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
   client.onWrite = (verb, resource) => metrics.kubeWrites.inc({ verb, resource });
   const events = new Recorder(client, { controller: "mailfleet.io/operator", instance: cfg.identity, log, metrics });
   const lookup = makeLookup(cfg.dnsServers);
-  const keygen = new ChildGenerator();
+  const keygen = new WorkerGenerator(2);
   const keys = new KeyFactory(2, keygen.generate);
   const store = new PlanStore({ servers: cfg.natsUrls, ...(cfg.natsCreds ? { creds: cfg.natsCreds } : {}), replicas: cfg.natsReplicas, log });
 

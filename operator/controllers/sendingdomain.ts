@@ -201,8 +201,14 @@ export async function reconcileDomain(ctx: Context, key: string): Promise<Result
   const fresh = new Map<string, KeyMaterial>();
   const notReady = new Set<string>();
   for (const g of rot.generate) {
-    const existing = keyFromSecret(ctx.inf.secrets.get(ns, g.secretName), g.keyType);
+    // A Secret an interrupted run made (or one left by an earlier object of the same name, which
+    // is then taken over: its owner reference is pointed at this object).
+    const prior = ctx.inf.secrets.get(ns, g.secretName);
+    const existing = keyFromSecret(prior, g.keyType);
     if (existing && !(existing instanceof Error)) {
+      if (!prior!.metadata.ownerReferences?.some((o) => o.uid === raw.metadata.uid)) {
+        await applyOwned(ctx, dkimSecret(d, raw, g.selector, { keyType: g.keyType, privatePem: existing.pem, publicKey: existing.publicKey }), ctx.inf.secrets);
+      }
       fresh.set(g.selector, existing);
       continue;
     }

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { FlagError, parseFlags } from "../../operator/config.ts";
-import { ChildGenerator, publicFromPrivate } from "../../operator/dkim/keys.ts";
+import { WorkerGenerator, publicFromPrivate } from "../../operator/dkim/keys.ts";
 import { clusterRules, namespaceRules, roleObjects } from "../../operator/rbac.ts";
 import { makeLogger, redact } from "../../operator/runtime/log.ts";
 
@@ -98,9 +98,9 @@ describe("logging", () => {
   });
 });
 
-describe("key generator process", () => {
-  it("makes keys in a child process at a lower priority and hands them back", async () => {
-    const g = new ChildGenerator();
+describe("key generator threads", () => {
+  it("makes keys on worker threads at a lower priority and hands them back", async () => {
+    const g = new WorkerGenerator(2);
     try {
       const [rsa, ed] = await Promise.all([g.generate("RSA2048"), g.generate("Ed25519")]);
       assert.deepEqual(publicFromPrivate(rsa.privatePem), { keyType: "RSA2048", publicKey: rsa.publicKey });
