@@ -28,8 +28,23 @@ function rootRules(kind: KindName, obj: MailfleetObject): { path: string; messag
   return [];
 }
 
+/**
+ * A copy without the object fields whose value is null, as the API server prunes them from a
+ * structural schema's non-nullable fields before defaulting (a YAML key with no value, such as
+ * `shaping:`, is such a null): zod would refuse what the API server takes. Null list items stay
+ * (the API server refuses those too).
+ */
+export function withoutNullFields(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutNullFields);
+  if (value === null || typeof value !== "object") return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) if (v !== null) out[k] = withoutNullFields(v);
+  return out;
+}
+
 /** Validate one object of a mailfleet kind, applying defaults. Throws ValidationError. */
-export function validateObject(value: unknown): MailfleetObject {
+export function validateObject(input: unknown): MailfleetObject {
+  const value = withoutNullFields(input);
   const v = value as { apiVersion?: unknown; kind?: unknown; metadata?: { name?: unknown } };
   if (v?.apiVersion !== API_VERSION) throw new ValidationError("object", [{ path: "apiVersion", message: `must be ${API_VERSION}` }]);
   if (typeof v.kind !== "string" || !(v.kind in KINDS)) {

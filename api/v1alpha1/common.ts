@@ -13,13 +13,30 @@ export const API_VERSION = `${GROUP}/${VERSION}`;
 /** A CEL rule for `x-kubernetes-validations`. */
 export type CelRule = { rule: string; message: string; fieldPath?: string; reason?: string };
 
-/** Attach CEL rules (and other OpenAPI extensions) to a schema for the CRD generator. */
-export function k8s<T extends z.ZodType>(schema: T, ext: { cel?: CelRule[]; [key: string]: unknown }): T {
+/**
+ * A CEL rule and its zod twin: `holds(self)` says the same in TypeScript, so runtime validation
+ * (api/validate.ts) refuses what the API server refuses, with the same message at the same field.
+ * Transition rules (they read oldSelf) have none: zod sees one object, not a change.
+ */
+export type CheckedCelRule = CelRule & { holds?: (self: any) => boolean };
+
+/** Attach CEL rules (and their zod twins) and other OpenAPI extensions to a schema for the CRD generator. */
+export function k8s<T extends z.ZodType>(schema: T, ext: { cel?: CheckedCelRule[]; [key: string]: unknown }): T {
   const { cel, ...rest } = ext;
-  return schema.meta({ ...(cel ? { "x-kubernetes-validations": cel } : {}), ...rest }) as T;
+  const checks = (cel ?? []).filter((r) => r.holds);
+  const checked = checks.length === 0 ? schema : (schema.superRefine((self, ctx) => {
+    for (const r of checks) {
+      if (!r.holds!(self)) ctx.addIssue({ code: "custom", path: r.fieldPath ? r.fieldPath.replace(/^\./, "").split(".") : [], message: r.message });
+    }
+  }) as unknown as T);
+  const rules = cel?.map(({ holds: _, ...r }) => r);
+  return checked.meta({ ...(rules ? { "x-kubernetes-validations": rules } : {}), ...rest }) as T;
 }
 
-// No look-ahead: the API server checks patterns with Go's RE2. Length is bounded by max(253).
+// Patterns are written where JavaScript and Go's RE2 (the API server's) agree: no look-around,
+// and no \s, \w or \d (JavaScript's \s also matches Unicode spaces such as U+00A0, RE2's does
+// not): spell classes out in ASCII ([!-~] is every printable character). Found by
+// test/integration/fuzz-crd.test.ts. Length is bounded by max(253).
 export const DNS_NAME_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$/;
 
 /** A DNS domain or host name, lower case, no trailing dot. */
@@ -30,12 +47,29 @@ export const dnsName = (what: string) =>
     .regex(DNS_NAME_RE, `must be a lower-case DNS name (${what}), e.g. mail.example.com`)
     .describe(what);
 
-/** A Kubernetes object name (RFC 1123 subdomain). */
+// A domain name that is no host name may carry underscores in its labels (RFC 2181 section 11):
+// SPF includes such as _spf.google.com, service and DKIM records.
+export const DNS_DOMAIN_RE = /^[a-z0-9_]([-a-z0-9_]{0,61}[a-z0-9_])?(\.[a-z0-9_]([-a-z0-9_]{0,61}[a-z0-9_])?)*$/;
+
+/** A DNS domain name (not necessarily a host name: labels may have underscores), lower case. */
+export const dnsDomain = (what: string) =>
+  z
+    .string()
+    .max(253)
+    .regex(DNS_DOMAIN_RE, `must be a lower-case DNS domain name (${what}), e.g. _spf.example.com`)
+    .describe(what);
+
+// Kubernetes' own RFC 1123 subdomain check for object names: unlike a DNS name, a label may be
+// longer than 63 characters (only the whole name is bounded, by 253), so a reference must take
+// every name the API server takes.
+export const OBJECT_NAME_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+
+/** A Kubernetes object name (RFC 1123 subdomain), as the API server checks metadata.name. */
 export const objectName = z
   .string()
   .min(1)
   .max(253)
-  .regex(DNS_NAME_RE, "must be a lower-case RFC 1123 name");
+  .regex(OBJECT_NAME_RE, "must be a lower-case RFC 1123 name");
 
 export const localRef = z.object({ name: objectName.describe("Name of the object in the same namespace.") });
 
@@ -44,8 +78,19 @@ export const secretKeyRef = z.object({
   key: z.string().min(1).max(253).regex(/^[-._a-zA-Z0-9]+$/, "must be a Secret data key").describe("Key in the Secret's data."),
 });
 
+// What Kubernetes' CEL isIP() and isCIDR() take, which node:net's isIP does not tell alone: no
+// IPv6 zone ("fe80::1%eth0": meaningless outside one host), no IPv4-mapped IPv6 address
+// ("::ffff:1.2.3.4": Kubernetes refuses it, the IPv4 form is the address), and a prefix length
+// without leading zeros ("/08"). Found by test/integration/fuzz-crd.test.ts against the API server.
+function isApiIP(v: string): boolean {
+  if (v.includes("%") || isIP(v) === 0) return false;
+  // The WHATWG URL serialiser gives the canonical IPv6 form (ipaddr.js takes the IPv4-compatible
+  // "::1.2.3.4" for a mapped address, which the API server accepts).
+  return isIP(v) === 4 || !/^\[::ffff:[0-9a-f]{1,4}:[0-9a-f]{1,4}\]$/.test(new URL(`http://[${v}]/`).hostname);
+}
+
 function ipMessage(v: string): boolean {
-  return isIP(v) !== 0;
+  return isApiIP(v);
 }
 
 export const ipAddress = k8s(
@@ -58,8 +103,8 @@ function isCidr(v: string): boolean {
   if (slash < 0) return false;
   const ip = v.slice(0, slash);
   const bitsText = v.slice(slash + 1);
-  if (!/^[0-9]{1,3}$/.test(bitsText)) return false;
-  const family = isIP(ip);
+  if (!/^(0|[1-9][0-9]{0,2})$/.test(bitsText)) return false;
+  const family = isApiIP(ip) ? isIP(ip) : 0;
   const bits = Number(bitsText);
   return (family === 4 && bits <= 32) || (family === 6 && bits <= 128);
 }
@@ -100,7 +145,23 @@ export const condition = z.object({
 });
 export type Condition = z.infer<typeof condition>;
 
-export const conditions = k8s(z.array(condition).max(16), {
+/**
+ * A list the CRD declares x-kubernetes-list-type map (keyed by `key`) or set holds no two items with
+ * the same key (or value): the API server refuses them ("Duplicate value"), so zod does too.
+ */
+export function unique(key?: string) {
+  return (items: readonly unknown[], ctx: z.RefinementCtx): void => {
+    const seen = new Map<string, number>();
+    items.forEach((item, i) => {
+      const v = JSON.stringify(key === undefined ? item : (item as Record<string, unknown>)[key]);
+      const first = seen.get(v);
+      if (first === undefined) seen.set(v, i);
+      else ctx.addIssue({ code: "custom", path: key === undefined ? [i] : [i, key], message: `duplicate value ${v} (item ${first} has it too)` });
+    });
+  };
+}
+
+export const conditions = k8s(z.array(condition).max(16).superRefine(unique("type")), {
   "x-kubernetes-list-type": "map",
   "x-kubernetes-list-map-keys": ["type"],
 });

@@ -2,7 +2,7 @@
 // they warm on, where volume over quota goes, and the relay workload that sends from them.
 import { z } from "zod";
 import {
-  commonStatus, dnsName, duration, fraction, freeform, ipAddress, k8s, localRef, objectName, quantity,
+  commonStatus, dnsName, duration, fraction, freeform, ipAddress, k8s, localRef, objectName, quantity, unique,
 } from "./common.ts";
 
 export const poolAddress = z.object({
@@ -28,7 +28,7 @@ const relaySpec = k8s(
         targetQueueDepth: z.number().int().min(1).max(10_000_000).optional()
           .describe("Ready messages per relay to aim for (KEDA ScaledObject on queue lag when KEDA is installed)."),
       }),
-      { cel: [{ rule: "self.minReplicas <= self.maxReplicas", message: "minReplicas must not exceed maxReplicas", fieldPath: ".minReplicas" }] },
+      { cel: [{ rule: "self.minReplicas <= self.maxReplicas", message: "minReplicas must not exceed maxReplicas", fieldPath: ".minReplicas", holds: (a) => a.minReplicas <= a.maxReplicas }] },
     ).optional(),
     image: z.string().max(512).optional().describe("Relay image; default is the operator's configured relay image."),
     resources: freeform.optional().describe("Container resources (requests, limits)."),
@@ -48,7 +48,7 @@ const relaySpec = k8s(
 
 export const ipPoolSpec = k8s(
   z.object({
-    addresses: k8s(z.array(poolAddress).min(1).max(256), {
+    addresses: k8s(z.array(poolAddress).min(1).max(256).superRefine(unique("address")), {
       "x-kubernetes-list-type": "map",
       "x-kubernetes-list-map-keys": ["address"],
     }),

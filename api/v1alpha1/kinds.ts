@@ -1,7 +1,7 @@
 // The four kinds of mailfleet.io/v1alpha1: their schemas and how the CRD presents them
 // (scope, names, printer columns, subresources). The CRD YAML under crds/ is generated from this.
 import { z } from "zod";
-import { API_VERSION, type CelRule, GROUP, VERSION } from "./common.ts";
+import { API_VERSION, type CelRule, GROUP, objectName, VERSION } from "./common.ts";
 import { ipPoolSpec, ipPoolStatus } from "./ippool.ts";
 import { mailboxProviderSpec, mailboxProviderStatus } from "./mailboxprovider.ts";
 import { sendingDomainSpec, sendingDomainStatus } from "./sendingdomain.ts";
@@ -116,9 +116,11 @@ export const KINDS = {
 export type KindName = keyof typeof KINDS;
 export { API_VERSION, GROUP, VERSION };
 
+// Names as the API server checks them for custom resources (RFC 1123 subdomain; a namespace is an
+// RFC 1123 label), so a manifest zod passes is not refused for its name.
 const objectMeta = z.object({
-  name: z.string().max(253),
-  namespace: z.string().max(63).optional(),
+  name: objectName,
+  namespace: z.string().max(63).regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, "must be a lower-case RFC 1123 label").optional(),
   uid: z.string().optional(),
   generation: z.number().int().optional(),
   resourceVersion: z.string().optional(),

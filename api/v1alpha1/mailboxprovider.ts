@@ -2,7 +2,7 @@
 // cert-manager's ClusterIssuer): how to recognise its recipients (MX rollup), how fast each lane
 // (source IP x provider) may send, and what to do when it answers with a given reply.
 import { z } from "zod";
-import { commonStatus, dnsName, duration, fraction, k8s, rate } from "./common.ts";
+import { commonStatus, dnsName, duration, fraction, k8s, rate, unique } from "./common.ts";
 
 export const REPLY_CLASSES = [
   "invalid-recipient",
@@ -36,7 +36,10 @@ const replyMatch = k8s(
       .describe("Regular expression (case-insensitive) the reply text must contain, e.g. \\[TSS04\\]."),
     class: replyClass.optional().describe("Class the classifier gave the reply."),
   }),
-  { cel: [{ rule: "has(self.code) || has(self.enhancedCode) || has(self.text) || has(self.class)", message: "match needs at least one of code, enhancedCode, text or class" }] },
+  { cel: [{
+    rule: "has(self.code) || has(self.enhancedCode) || has(self.text) || has(self.class)", message: "match needs at least one of code, enhancedCode, text or class",
+    holds: (m) => m.code !== undefined || m.enhancedCode !== undefined || m.text !== undefined || m.class !== undefined,
+  }] },
 );
 
 export const responseRule = k8s(
@@ -54,10 +57,13 @@ export const responseRule = k8s(
   }),
   {
     cel: [
-      { rule: "self.action != 'SlowDown' || has(self.factor)", message: "SlowDown needs factor", fieldPath: ".factor" },
-      { rule: "!(self.action in ['SlowDown', 'SuspendLane', 'SuspendProvider', 'CapConnections']) || has(self.duration)", message: "this action needs duration", fieldPath: ".duration" },
-      { rule: "self.action != 'CapConnections' || has(self.connections)", message: "CapConnections needs connections", fieldPath: ".connections" },
-      { rule: "self.action != 'Classify' || has(self.classifyAs)", message: "Classify needs classifyAs", fieldPath: ".classifyAs" },
+      { rule: "self.action != 'SlowDown' || has(self.factor)", message: "SlowDown needs factor", fieldPath: ".factor", holds: (r) => r.action !== "SlowDown" || r.factor !== undefined },
+      {
+        rule: "!(self.action in ['SlowDown', 'SuspendLane', 'SuspendProvider', 'CapConnections']) || has(self.duration)", message: "this action needs duration", fieldPath: ".duration",
+        holds: (r) => !["SlowDown", "SuspendLane", "SuspendProvider", "CapConnections"].includes(r.action) || r.duration !== undefined,
+      },
+      { rule: "self.action != 'CapConnections' || has(self.connections)", message: "CapConnections needs connections", fieldPath: ".connections", holds: (r) => r.action !== "CapConnections" || r.connections !== undefined },
+      { rule: "self.action != 'Classify' || has(self.classifyAs)", message: "Classify needs classifyAs", fieldPath: ".classifyAs", holds: (r) => r.action !== "Classify" || r.classifyAs !== undefined },
     ],
   },
 );
@@ -87,7 +93,7 @@ export const mailboxProviderSpec = k8s(
     }).default({ domains: [], mxSuffixes: [] }).describe("How recipients are recognised. The provider named default matches what nothing else does."),
     shaping: laneShaping.default({ maxConnections: 5, messagesPerConnection: 100, recipientsPerMessage: 50, tls: "Opportunistic" }),
     limits: providerLimits.optional().describe("Limits on the provider as a whole; the tightest applicable limit wins."),
-    responseRules: k8s(z.array(responseRule).max(64).default([]), {
+    responseRules: k8s(z.array(responseRule).max(64).superRefine(unique("name")).default([]), {
       "x-kubernetes-list-type": "map",
       "x-kubernetes-list-map-keys": ["name"],
     }).describe("Evaluated in order; the first match applies."),

@@ -1,7 +1,7 @@
 // SendingDomain: a domain the fleet sends as, the pool it sends from, its DKIM keys and DNS
 // records, and who may submit mail as it.
 import { z } from "zod";
-import { cidr, commonStatus, dnsName, duration, k8s, localRef, objectName } from "./common.ts";
+import { cidr, commonStatus, dnsDomain, dnsName, duration, k8s, localRef, objectName, unique } from "./common.ts";
 
 export const DKIM_KEY_TYPES = ["RSA2048", "Ed25519"] as const;
 export const dkimKeyType = z.enum(DKIM_KEY_TYPES);
@@ -11,7 +11,7 @@ export const WEBHOOK_EVENTS = ["accepted", "delivered", "deferred", "bounced", "
 
 const dkimSpec = k8s(
   z.object({
-    keyTypes: k8s(z.array(dkimKeyType).min(1).max(2).default(["RSA2048", "Ed25519"]), { "x-kubernetes-list-type": "set" })
+    keyTypes: k8s(z.array(dkimKeyType).min(1).max(2).superRefine(unique()).default(["RSA2048", "Ed25519"]), { "x-kubernetes-list-type": "set" })
       .describe("Sign with each: RSA-2048 (every receiver) and Ed25519 (RFC 8463, smaller and faster)."),
     selectorPrefix: z.string().min(1).max(24).regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, "must be lower-case letters, digits and dashes")
       .default("mf").describe("Selectors are <prefix><yyyymmdd><r|e>."),
@@ -29,14 +29,14 @@ const listUnsubscribe = k8s(
   z.object({
     mode: z.enum(["None", "OneClick", "Mailto"]).default("None")
       .describe("OneClick: RFC 8058 List-Unsubscribe with https URL and List-Unsubscribe-Post (required by Gmail and Yahoo for bulk mail)."),
-    url: z.string().max(1024).regex(/^https:\/\/[^\s<>]+$/, "must be an https URL").optional()
+    url: z.string().max(1024).regex(/^https:\/\/[!-;=?-~]+$/, "must be an https URL").optional()
       .describe("One-click endpoint; {token} is replaced by a signed token naming the recipient and domain."),
-    mailto: z.string().max(320).regex(/^[^\s@<>]+@[^\s@<>]+$/, "must be an email address").optional(),
+    mailto: z.string().max(320).regex(/^[!-;=?A-~]+@[!-;=?A-~]+$/, "must be an email address").optional(),
   }),
   {
     cel: [
-      { rule: "self.mode != 'OneClick' || has(self.url)", message: "OneClick needs an https url", fieldPath: ".url" },
-      { rule: "self.mode != 'Mailto' || has(self.mailto)", message: "Mailto needs mailto", fieldPath: ".mailto" },
+      { rule: "self.mode != 'OneClick' || has(self.url)", message: "OneClick needs an https url", fieldPath: ".url", holds: (l) => l.mode !== "OneClick" || l.url !== undefined },
+      { rule: "self.mode != 'Mailto' || has(self.mailto)", message: "Mailto needs mailto", fieldPath: ".mailto", holds: (l) => l.mode !== "Mailto" || l.mailto !== undefined },
     ],
   },
 );
@@ -55,12 +55,12 @@ export const sendingDomainSpec = k8s(
       mxHosts: z.array(dnsName("MX host")).max(8).optional().describe("MX hosts for the return-path domain; default the pool's EHLO names."),
     }).default({ verp: true }),
     spf: z.object({
-      include: z.array(dnsName("SPF include")).max(8).default([]).describe("Other senders of this domain, e.g. _spf.google.com."),
+      include: z.array(dnsDomain("SPF include")).max(8).default([]).describe("Other senders of this domain, e.g. _spf.google.com."),
       policy: z.enum(["~all", "-all"]).default("~all"),
     }).default({ include: [], policy: "~all" }),
     dmarc: z.object({
       policy: z.enum(["none", "quarantine", "reject"]).default("none"),
-      rua: z.array(z.string().max(320).regex(/^mailto:[^\s@]+@[^\s@]+$/, "must be mailto:address")).max(4).default([]),
+      rua: z.array(z.string().max(320).regex(/^mailto:[!-?A-~]+@[!-?A-~]+$/, "must be mailto:address")).max(4).default([]),
       alignment: z.enum(["relaxed", "strict"]).default("relaxed"),
       publish: z.boolean().default(true).describe("false: the organisation publishes DMARC itself; no record is listed."),
     }).default({ policy: "none", rua: [], alignment: "relaxed", publish: true }),
@@ -71,7 +71,7 @@ export const sendingDomainSpec = k8s(
     senders: z.object({
       credentials: k8s(z.array(z.object({ secretRef: localRef.describe("kubernetes.io/basic-auth Secret (username, password).") })).max(32).default([]), {})
         .describe("Clients that authenticate (AUTH PLAIN/LOGIN after STARTTLS) may send as this domain."),
-      trustedNetworks: k8s(z.array(cidr).max(64).default([]), { "x-kubernetes-list-type": "set" })
+      trustedNetworks: k8s(z.array(cidr).max(64).superRefine(unique()).default([]), { "x-kubernetes-list-type": "set" })
         .describe("Clients from these networks may send as this domain without AUTH (like Postfix mynetworks)."),
       rateLimit: z.string().max(24).regex(/^[1-9][0-9]{0,9}\/(s|sec|second|m|min|minute|h|hour|d|day)$/, "must be a rate such as 100/s").optional()
         .describe("Messages per period one credential or network may submit."),
@@ -88,10 +88,10 @@ export const sendingDomainSpec = k8s(
     webhooks: k8s(
       z.array(z.object({
         name: objectName,
-        url: z.string().max(1024).regex(/^https?:\/\/[^\s<>]+$/, "must be an http(s) URL"),
+        url: z.string().max(1024).regex(/^https?:\/\/[!-;=?-~]+$/, "must be an http(s) URL"),
         secretRef: z.object({ name: objectName, key: z.string().min(1).max(253) }).describe("HMAC-SHA256 signing secret."),
         events: z.array(z.enum(WEBHOOK_EVENTS)).min(1).max(7).default(["delivered", "bounced", "complained", "unsubscribed"]),
-      })).max(8).default([]),
+      })).max(8).superRefine(unique("name")).default([]),
       { "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"] },
     ),
   }),

@@ -2,7 +2,7 @@
 // lane may send per warm-up day once it has completed that many qualifying days; gates say when a
 // lane may move on; onFailure says what happens when it may not.
 import { z } from "zod";
-import { commonStatus, duration, fraction, k8s, objectName } from "./common.ts";
+import { commonStatus, duration, fraction, k8s, objectName, unique } from "./common.ts";
 
 export const stage = z.object({
   day: z.number().int().min(1).max(3650).describe("First warm-up day (1-based count of qualifying days) this stage applies to."),
@@ -38,7 +38,7 @@ export const warmupScheduleSpec = z.object({
   period: duration.default("24h").describe("Length of one warm-up day. Shorter periods are for tests on an accelerated clock."),
   stages: stages.describe("The default curve for every provider."),
   providers: k8s(
-    z.array(z.object({ provider: objectName.describe("MailboxProvider name."), stages })).max(32).default([]),
+    z.array(z.object({ provider: objectName.describe("MailboxProvider name."), stages })).max(32).superRefine(unique("provider")).default([]),
     { "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["provider"] },
   ).describe("Per-provider curves that replace the default for that provider."),
   advance: z.object({

@@ -235,7 +235,7 @@ export async function startEnv(o: { name: string; withControllers?: boolean; nod
 export const PLURALS: Record<string, string> = {
   Namespace: "namespaces", ServiceAccount: "serviceaccounts", Secret: "secrets", ClusterRole: "clusterroles", ClusterRoleBinding: "clusterrolebindings",
   Role: "roles", RoleBinding: "rolebindings", IPPool: "ippools", SendingDomain: "sendingdomains", WarmupSchedule: "warmupschedules",
-  MailboxProvider: "mailboxproviders", Deployment: "deployments", Service: "services",
+  MailboxProvider: "mailboxproviders", Deployment: "deployments", Service: "services", CustomResourceDefinition: "customresourcedefinitions",
 };
 
 export const path = {

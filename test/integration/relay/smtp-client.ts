@@ -43,6 +43,11 @@ export class RawSmtp {
     return this.#closed;
   }
 
+  /** Bytes received and not yet read as a reply (a server that answered more than asked). */
+  get pending(): string {
+    return this.#buf;
+  }
+
   /** Reads one complete reply. */
   async reply(timeoutMs = 30_000): Promise<Reply> {
     const deadline = Date.now() + timeoutMs;
