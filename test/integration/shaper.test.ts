@@ -147,7 +147,11 @@ before(async () => {
   await until("relays started", async () => {
     for (const name of relays.keys()) if (!(await logOf(name)).includes("relay started")) return false;
     return true;
-  }, 120_000);
+  }, 180_000).catch(async (e: Error) => {
+    // Say why: the relays' own last words.
+    const tails = await Promise.all([...relays.keys()].map(async (n) => `--- ${n}\n${(await logOf(n)).slice(-2000)}`));
+    throw new Error(`${e.message}\n${tails.join("\n")}`);
+  });
   events = await eventLog(nc);
 });
 

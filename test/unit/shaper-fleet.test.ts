@@ -486,7 +486,7 @@ describe("fleet shaper: provider and address limits (cells)", () => {
     const pLimit: SlotLimit = { rate: { count: 4000, periodMs: 60_000 }, factor: 1, daily: null, hourly: null, dayMs: 86_400_000, dayZero: 0 };
     assert.ok(maxInWindow(all, 60_000) <= cellBound(pLimit), `provider window ${maxInWindow(all, 60_000)}`);
     assert.ok(maxInWindow(t1, 60_000) <= bound(s) && maxInWindow(t2, 60_000) <= bound(s));
-    assert.ok(maxInWindow(all, 60_000) >= 0.9 * 4000, `provider utilization ${maxInWindow(all, 60_000)}`);
+    assert.ok(maxInWindow(all, 60_000) >= 0.85 * 4000, `provider utilization ${maxInWindow(all, 60_000)}`);
     await sim.close();
   });
 
