@@ -30,6 +30,8 @@ const SIZES = (process.argv[3] ?? "5,100").split(",").map(Number);
 const CONNECTIONS = 20;
 /** Relay processes sharing the submission port (SO_REUSEPORT), as Postfix runs several smtpd. */
 const RELAYS = Number(process.env.MAILFLEET_BENCH_RELAYS ?? 2);
+/** Extra node flags for the relay processes, e.g. MF_BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof". */
+const nodeArgs = (process.env.MF_BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const SINK = "127.0.180.1";
 const RELAY = "127.0.180.2";
 const POSTFIX = "127.0.180.3";
@@ -59,6 +61,39 @@ function groupCpuMs(pgid: number): number {
     } catch { /* gone */ }
   }
   return t;
+}
+/**
+ * Counts fsync/fdatasync calls of the given processes (their threads, and children they fork
+ * later: Postfix's master starts smtpd/cleanup on demand) with perf's syscall tracepoints, which
+ * cost next to nothing (strace -c slows the traced process down several times). Returns a stop
+ * function giving the count, or null when perf is not usable here.
+ */
+async function countFsyncs(pids: number[]): Promise<(() => Promise<number | null>) | null> {
+  const { spawn, spawnSync } = await import("node:child_process");
+  if (spawnSync("perf", ["--version"]).status !== 0) return null;
+  const p = spawn("perf", ["stat", "-x", ",", "-e", "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "-p", pids.join(",")], { stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  p.stderr!.on("data", (d: Buffer) => (err += d));
+  await new Promise((r) => setTimeout(r, 300));
+  return async () => {
+    p.kill("SIGINT");
+    await new Promise((r) => p.once("exit", r));
+    // CSV lines: count,unit,event,...
+    const counts = err.split("\n").map((l) => l.split(",")).filter((f) => /sys_enter_f(data)?sync/.test(f[2] ?? ""));
+    if (!counts.length || counts.some((f) => !/^\d+$/.test(f[0]!))) return null;
+    return counts.reduce((n, f) => n + Number(f[0]), 0);
+  };
+}
+/** Every process in a process group (Postfix's daemons are in its master's). */
+function groupPids(pgid: number): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (Number(readFileSync(`/proc/${d}/stat`, "utf8").split(") ")[1]!.split(" ")[2]) === pgid) out.push(Number(d));
+    } catch { /* gone */ }
+  }
+  return out;
 }
 function peakRssMb(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
@@ -93,7 +128,7 @@ async function runRelay(base: string, sink: SmtpSinkHandle, dnsServer: string, s
     const procs = await Promise.all(Array.from({ length: RELAYS }, async (_, i) => {
       const httpPort = await freePort(RELAY);
       const proc = startProcess({
-        name: `relay-${i}`, command: join(root, "node_modules", ".bin", "node"), args: [join(root, "relay", "main.ts")], logFile: join(dir, `relay-${i}.log`), cwd: root,
+        name: `relay-${i}`, command: join(root, "node_modules", ".bin", "node"), args: [...nodeArgs, join(root, "relay", "main.ts")], logFile: join(dir, `relay-${i}.log`), cwd: root,
         env: {
           ...process.env, MAILFLEET_NATS_URL: nats.urls.join(","), MAILFLEET_POOL: POOL, MAILFLEET_RELAY_ID: `bench-relay-${i}`,
           MAILFLEET_ADDRESSES: SOURCE.address, MAILFLEET_DNS_SERVERS: dnsServer, MAILFLEET_SECRETS_DIR: join(dir, "secrets"),
@@ -123,6 +158,7 @@ async function runRelay(base: string, sink: SmtpSinkHandle, dnsServer: string, s
       await sink.waitForCount(before + 20, { timeoutMs: 120_000 });
       const natsPid = Object.values(nats.pids())[0]!;
       const relayCpu = () => procs.reduce((t, p) => t + cpuMs(p.proc.pid), 0);
+      const fsyncs = await countFsyncs([natsPid]);
       const r0 = relayCpu(), n0 = cpuMs(natsPid);
       // MF_BENCH_STRACE=1: count nats-server's fsyncs during the run (slows it down).
       const { spawn } = await import("node:child_process");
@@ -131,6 +167,7 @@ async function runRelay(base: string, sink: SmtpSinkHandle, dnsServer: string, s
       st?.stderr!.on("data", (d: Buffer) => (straceOut += d));
       if (st) await new Promise((r) => setTimeout(r, 500));
       const secs = await drive(sink, `${RELAY}:${port}`, sizeKb);
+      const natsFsyncs = fsyncs ? await fsyncs() : null;
       if (st) {
         st.kill("SIGINT");
         await new Promise((r) => st.on("exit", r));
@@ -150,6 +187,7 @@ async function runRelay(base: string, sink: SmtpSinkHandle, dnsServer: string, s
         peakRssMb: Math.max(...procs.map((p) => peakRssMb(p.proc.pid))),
         relayCpuMs: (relayCpu() - r0) / N,
         natsCpuMs: (cpuMs(natsPid) - n0) / N,
+        natsFsyncs: natsFsyncs === null ? null : natsFsyncs / N,
       };
     } finally {
       await Promise.all(procs.map((p) => p.proc.stop(10_000)));
@@ -166,9 +204,11 @@ async function runPostfix(base: string, sink: SmtpSinkHandle, sizeKb: number) {
   const pf = await startPostfix({ dir, domains: ["local.bench.test"], listeners: [{ address: POSTFIX, port: 25, hostname: "pf.bench.test" }], relayhost: `[${SINK}]:25`, relayFrom: ["127.0.0.0/8"] });
   try {
     const master = Number(readFileSync(join(dir, "queue", "pid", "master.pid"), "utf8").trim());
+    const fsyncs = await countFsyncs(groupPids(master));
     const c0 = groupCpuMs(master);
     const secs = await drive(sink, `${POSTFIX}:25`, sizeKb);
-    return { msgsPerS: Math.round(N / secs), cpuMs: (groupCpuMs(master) - c0) / N };
+    const n = fsyncs ? await fsyncs() : null;
+    return { msgsPerS: Math.round(N / secs), cpuMs: (groupCpuMs(master) - c0) / N, fsyncs: n === null ? null : n / N };
   } finally {
     await pf.stop();
   }
@@ -198,6 +238,8 @@ try {
       relay_cpu_ms_per_msg: +relay.relayCpuMs.toFixed(2),
       nats_cpu_ms_per_msg: +relay.natsCpuMs.toFixed(2),
       postfix_cpu_ms_per_msg: +postfix.cpuMs.toFixed(2),
+      nats_fsyncs_per_msg: relay.natsFsyncs === null ? null : +relay.natsFsyncs.toFixed(2),
+      postfix_fsyncs_per_msg: postfix.fsyncs === null ? null : +postfix.fsyncs.toFixed(2),
     });
   }
   process.stdout.write(JSON.stringify({
