@@ -36,6 +36,8 @@ export type RenderConfig = {
   keda: boolean;
   /** host:port of a NATS monitoring endpoint, for KEDA's nats-jetstream scaler. */
   natsMonitoringEndpoint?: string;
+  /** Container resources of relays whose IPPool sets none (the chart's relay.resources). */
+  relayResources?: Record<string, unknown>;
 };
 
 export type PoolRender = {
@@ -112,6 +114,41 @@ function relayEnv(pool: IPPool, cfg: RenderConfig, address: string | undefined) 
   return env;
 }
 
+/** The relay image's user (relay/Dockerfile USER). */
+export const RELAY_UID = 65532;
+
+/**
+ * Pod and container security contexts. fsGroup always: the kubelet then makes the mounted Secrets
+ * (keyring, TLS, NATS credentials; mode 0440, owned by root) group-owned by it, so the relay's user
+ * can read them. Without it a relay on a real node cannot read its own DKIM keys.
+ *
+ * Ports below 1024: a PerAddress pod has its own network namespace, where the (safe, namespaced)
+ * sysctl lets an unprivileged user bind them. On the host network no Pod sysctl can apply, and a
+ * capability added to a non-root container is not effective (Kubernetes sets no ambient
+ * capabilities; file capabilities are off with allowPrivilegeEscalation: false), so such a relay runs
+ * as uid 0 with NET_BIND_SERVICE as its only capability (no DAC_OVERRIDE: it still reads the keyring
+ * as the owner/fsGroup allows). A host-network pool whose ports are all 1024 or above runs as 65532.
+ */
+export function securityContexts(pool: IPPool): { pod: Record<string, unknown>; container: Record<string, unknown> } {
+  const s = pool.spec.relay;
+  const host = pool.spec.egress.mode === "HostNetwork";
+  const lowPorts = s.submission.port < 1024 || s.inboundPort < 1024;
+  const asRoot = host && lowPorts;
+  const base = { runAsUser: asRoot ? 0 : RELAY_UID, runAsGroup: RELAY_UID, fsGroup: RELAY_UID, seccompProfile: { type: "RuntimeDefault" } };
+  return {
+    pod: {
+      runAsNonRoot: !asRoot,
+      ...base,
+      ...(!host && lowPorts ? { sysctls: [{ name: "net.ipv4.ip_unprivileged_port_start", value: "0" }] } : {}),
+    },
+    container: {
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: asRoot ? { drop: ["ALL"], add: ["NET_BIND_SERVICE"] } : { drop: ["ALL"] },
+    },
+  };
+}
+
 function podTemplate(pool: IPPool, cfg: RenderConfig, labels: Record<string, string>, address: string | undefined) {
   const s = pool.spec.relay;
   const name = pool.metadata.name;
@@ -147,6 +184,7 @@ function podTemplate(pool: IPPool, cfg: RenderConfig, labels: Record<string, str
     volumes.push({ name: "nats", secret: { secretName: cfg.natsCredsSecret, defaultMode: 0o440 } });
     mounts.push({ name: "nats", mountPath: NATS_CREDS_DIR, readOnly: true });
   }
+  const sec = securityContexts(pool);
   return {
     metadata: {
       labels,
@@ -161,14 +199,7 @@ function podTemplate(pool: IPPool, cfg: RenderConfig, labels: Record<string, str
       ...(s.nodeSelector ? { nodeSelector: s.nodeSelector } : {}),
       ...(s.tolerations?.length ? { tolerations: s.tolerations } : {}),
       affinity,
-      securityContext: host
-        // On the host network, ports below 1024 need root with NET_BIND_SERVICE (a namespaced
-        // sysctl cannot be set on the host's network namespace).
-        ? { runAsNonRoot: false, seccompProfile: { type: "RuntimeDefault" } }
-        : {
-          runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, seccompProfile: { type: "RuntimeDefault" },
-          sysctls: [{ name: "net.ipv4.ip_unprivileged_port_start", value: "0" }],
-        },
+      securityContext: sec.pod,
       containers: [{
         name: "relay",
         image: s.image ?? cfg.relayImage,
@@ -176,13 +207,9 @@ function podTemplate(pool: IPPool, cfg: RenderConfig, labels: Record<string, str
         ports,
         readinessProbe: { httpGet: { path: "/readyz", port: "http" }, periodSeconds: 5, failureThreshold: 3 },
         livenessProbe: { httpGet: { path: "/healthz", port: "http" }, periodSeconds: 10, failureThreshold: 6 },
-        ...(s.resources ? { resources: s.resources } : {}),
+        ...(s.resources ?? cfg.relayResources ? { resources: s.resources ?? cfg.relayResources } : {}),
         volumeMounts: mounts,
-        securityContext: {
-          allowPrivilegeEscalation: false,
-          readOnlyRootFilesystem: true,
-          capabilities: host ? { drop: ["ALL"], add: ["NET_BIND_SERVICE"] } : { drop: ["ALL"] },
-        },
+        securityContext: sec.container,
       }],
       volumes,
     },

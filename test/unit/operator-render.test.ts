@@ -132,6 +132,46 @@ describe("relay workload rendering", () => {
     assert.deepEqual((np.spec as any).ingress[0].ports.map((x: any) => x.port), [587, 25, 8080]);
   });
 
+  it("security: fsGroup 65532 in every mode (the mounted keyring is root-owned 0440), seccomp, read-only root, no capabilities beyond binding low host ports", () => {
+    const addresses = [{ address: "192.0.2.1", hostname: "a.example.com" }];
+    const of = (spec: Record<string, unknown>) => {
+      const d = byKind(renderPool(pool("sec", { addresses, ...spec }), cfg).objects, "Deployment")[0]!;
+      return { pod: podSpec(d).securityContext, c: podSpec(d).containers[0].securityContext };
+    };
+    const nonRoot = { runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, seccompProfile: { type: "RuntimeDefault" } };
+    const dropAll = { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"] } };
+
+    // PerAddress, ports 587/25: its own network namespace, where the sysctl lets 65532 bind them.
+    const per = of({ egress: { mode: "PerAddress" } });
+    assert.deepEqual(per.pod, { ...nonRoot, sysctls: [{ name: "net.ipv4.ip_unprivileged_port_start", value: "0" }] });
+    assert.deepEqual(per.c, dropAll);
+    // PerAddress on high ports: no sysctl needed.
+    assert.deepEqual(of({ egress: { mode: "PerAddress" }, relay: { submission: { port: 2587 }, inboundPort: 2525 } }).pod, nonRoot);
+    // HostNetwork on high ports: 65532 with nothing added.
+    const hostHigh = of({ relay: { submission: { port: 2587 }, inboundPort: 2525 } });
+    assert.deepEqual(hostHigh.pod, nonRoot);
+    assert.deepEqual(hostHigh.c, dropAll);
+    // HostNetwork on 587/25: uid 0 with NET_BIND_SERVICE only, still fsGroup 65532 and group 65532.
+    const hostLow = of({});
+    assert.deepEqual(hostLow.pod, { runAsNonRoot: false, runAsUser: 0, runAsGroup: 65532, fsGroup: 65532, seccompProfile: { type: "RuntimeDefault" } });
+    assert.deepEqual(hostLow.c, { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"], add: ["NET_BIND_SERVICE"] } });
+    // Every Secret volume is mounted read-only with a mode the fsGroup makes readable.
+    const d = byKind(renderPool(pool("sec", { addresses, egress: { mode: "PerAddress" } }), { ...cfg, natsCredsSecret: "nats-creds" }).objects, "Deployment")[0]!;
+    for (const v of podSpec(d).volumes) assert.equal(v.secret.defaultMode, 0o440, v.name);
+    assert.ok(podSpec(d).containers[0].volumeMounts.every((m: any) => m.readOnly === true));
+  });
+
+  it("resources: the operator's default (--relay-resources) unless the IPPool sets its own, which replaces it whole", () => {
+    const addresses = [{ address: "192.0.2.1", hostname: "a.example.com" }];
+    const dflt = { requests: { cpu: "100m", memory: "256Mi" }, limits: { memory: "1Gi" } };
+    const res = (spec: Record<string, unknown>, c: RenderConfig) => podSpec(byKind(renderPool(pool("r", { addresses, ...spec }), c).objects, "Deployment")[0]!).containers[0].resources;
+    assert.equal(res({}, cfg), undefined, "no default, none set");
+    assert.deepEqual(res({}, { ...cfg, relayResources: dflt }), dflt);
+    const own = { limits: { cpu: "2", memory: "512Mi" } };
+    assert.deepEqual(res({ relay: { resources: own } }, { ...cfg, relayResources: dflt }), own);
+    assert.deepEqual(res({ relay: { resources: own } }, cfg), own);
+  });
+
   it("the keyring Secret holds files by name, base64", () => {
     const s = renderRelaySecret(pool("k", { addresses: [{ address: "192.0.2.1", hostname: "a.example.com" }] }), new Map([["dkim.example.com.s1.pem", Buffer.from("PEM").toString("base64")]]));
     assert.equal(s.metadata.name, "k-relay");
