@@ -48,6 +48,8 @@ export type OperatorConfig = {
     natsCredsSecret?: string;
     env: Record<string, string>;
     natsMonitoringEndpoint?: string;
+    /** Container resources of relays whose IPPool sets none. */
+    resources?: Record<string, unknown>;
   };
 };
 
@@ -89,6 +91,8 @@ export const USAGE = `usage: node operator/main.ts --nats <urls> [flags]
   --relay-nats URLS            NATS URLs for relays (default: --nats)
   --relay-nats-creds-secret S  Secret (key nats.creds) in each pool's namespace mounted into relays
   --relay-env KEY=VALUE        extra relay variable from relay/config.ts (repeatable)
+  --relay-resources JSON       container resources of relays whose IPPool sets none, e.g.
+                               '{"requests":{"cpu":"100m","memory":"256Mi"},"limits":{"memory":"1Gi"}}'
   --nats-monitoring-endpoint H host:port of NATS monitoring, for KEDA's nats-jetstream scaler
   --log-level LEVEL            debug, info, warn, error (default info)
 `;
@@ -125,6 +129,34 @@ function bool(flag: string, v: string | undefined, dflt: boolean): boolean {
 function dnsName(flag: string, v: string): string {
   if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(v)) throw new FlagError(`${flag} must be a lower-case DNS label, got ${JSON.stringify(v)}`);
   return v;
+}
+
+/** A Kubernetes quantity: what the API server's resource.Quantity parses. */
+const QUANTITY = /^[+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|[KMGTPE]i|[mkMGTPE])?$/;
+
+/**
+ * A container's resources as JSON ({requests, limits, claims}): checked here so a typo fails the
+ * operator's start with the key named, not every relay Deployment's apply later. An empty object
+ * means none.
+ */
+function resources(flag: string, v: string): Record<string, unknown> | undefined {
+  let r: unknown;
+  try {
+    r = JSON.parse(v);
+  } catch (err) {
+    throw new FlagError(`${flag} must be JSON such as {"requests":{"cpu":"100m","memory":"256Mi"}}: ${(err as Error).message}`);
+  }
+  if (!r || typeof r !== "object" || Array.isArray(r)) throw new FlagError(`${flag} must be a JSON object with requests and/or limits`);
+  for (const [k, section] of Object.entries(r)) {
+    if (k === "claims") continue;
+    if (k !== "requests" && k !== "limits") throw new FlagError(`${flag}: unknown key ${JSON.stringify(k)} (requests, limits, claims)`);
+    if (!section || typeof section !== "object" || Array.isArray(section)) throw new FlagError(`${flag}: ${k} must be an object of resource name to quantity`);
+    for (const [name, q] of Object.entries(section)) {
+      const str = typeof q === "number" ? String(q) : q;
+      if (typeof str !== "string" || !QUANTITY.test(str)) throw new FlagError(`${flag}: ${k}.${name} must be a quantity such as 100m, 0.5 or 256Mi, got ${JSON.stringify(q)}`);
+    }
+  }
+  return Object.keys(r).length ? r as Record<string, unknown> : undefined;
 }
 
 const SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -168,6 +200,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         "relay-nats": { type: "string" },
         "relay-nats-creds-secret": { type: "string" },
         "relay-env": { type: "string", multiple: true },
+        "relay-resources": { type: "string" },
         "nats-monitoring-endpoint": { type: "string" },
         "log-level": { type: "string" },
         help: { type: "boolean" },
@@ -225,6 +258,8 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const relayCheck = relayEnv.partial().safeParse(relayEnvOut);
   if (!relayCheck.success) throw new FlagError(`--relay-env: ${relayCheck.error.issues.map((i) => `${String(i.path[0])}: ${i.message}`).join("; ")}`);
 
+  const relayResources = s("relay-resources") !== undefined ? resources("--relay-resources", s("relay-resources")!) : undefined;
+
   const logLevel = s("log-level") ?? "info";
   if (!["debug", "info", "warn", "error"].includes(logLevel)) throw new FlagError(`--log-level must be debug, info, warn or error, got ${JSON.stringify(logLevel)}`);
   const identity = s("identity") ?? `${hostname()}_${process.pid}`;
@@ -264,6 +299,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
       ...(s("relay-nats-creds-secret") ? { natsCredsSecret: dnsName("--relay-nats-creds-secret", s("relay-nats-creds-secret")!) } : {}),
       env: relayEnvOut,
       ...(s("nats-monitoring-endpoint") ? { natsMonitoringEndpoint: s("nats-monitoring-endpoint")! } : {}),
+      ...(relayResources ? { resources: relayResources } : {}),
     },
   };
 }

@@ -127,6 +127,7 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
         relayImage: cfg.relay.image, natsUrls: cfg.relay.natsUrls, streamReplicas: cfg.natsReplicas, relayEnv: cfg.relay.env,
         ...(cfg.relay.natsCredsSecret ? { natsCredsSecret: cfg.relay.natsCredsSecret } : {}),
         ...(cfg.relay.natsMonitoringEndpoint ? { natsMonitoringEndpoint: cfg.relay.natsMonitoringEndpoint } : {}),
+        ...(cfg.relay.resources ? { relayResources: cfg.relay.resources } : {}),
       },
       dnsRecheckMs: cfg.dnsRecheckMs,
       dnsRecheckUnverifiedMs: cfg.dnsRecheckUnverifiedMs,

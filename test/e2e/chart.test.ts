@@ -141,6 +141,8 @@ describe("charts/mailfleet offline", () => {
         assert.equal(cfg.webhook.configName, `${FULLNAME}-webhook`);
         assert.equal(cfg.metrics.port, 9400);
         if (valuesFiles.includes(PODMONITOR)) assert.deepEqual(cfg.namespaces, ["mail-tx", "mail-bulk"]);
+        // relay.resources reaches the operator as the relays' default (an IPPool's own replaces it).
+        assert.deepEqual(cfg.relay.resources, parse(readFileSync(join(CHART_DIR, "values.yaml"), "utf8")).relay.resources);
         if (valuesFiles.includes(ALL_ON)) {
           assert.deepEqual(cfg.relay.env, { MAILFLEET_LOG_LEVEL: "debug" });
           assert.equal(cfg.relay.natsCredsSecret, "mailfleet-relay-nats");
@@ -150,6 +152,13 @@ describe("charts/mailfleet offline", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("relay.resources: set, or unset with null, reaches the operator's --relay-resources", async () => {
+    const flags = async (set: string[]) => parseFlags(operatorArgs(await renderChart({ release: RELEASE, namespace: NS, set })), { POD_NAMESPACE: NS, KUBERNETES_SERVICE_HOST: "10.96.0.1" }).relay.resources;
+    assert.deepEqual(await flags(["relay.resources.requests.cpu=250m", "relay.resources.limits.memory=2Gi"]), { requests: { cpu: "250m", memory: "384Mi" }, limits: { memory: "2Gi" } });
+    assert.equal(await flags(["relay.resources=null"]), undefined);
+    assert.ok(!operatorArgs(await renderChart({ release: RELEASE, namespace: NS, set: ["relay.resources=null"] })).some((a) => a.startsWith("--relay-resources")));
   });
 
   it("every optional part on: monitors with the extra labels, the PrometheusRule, dashboards as labelled ConfigMaps", async () => {
@@ -192,6 +201,8 @@ describe("charts/mailfleet offline", () => {
       [["nats.replicas=2"], /\/nats\/replicas/],
       [["crds.install=maybe"], /\/crds\/install/],
       [["relay.env.log_level=debug"], /at '\/relay\/env'.*log_level/],
+      [["relay.resources.limits.memory=1 GB"], /\/relay\/resources\/limits\/memory/],
+      [["relay.resources.request.cpu=1"], /at '\/relay\/resources'.*request/],
       [["monitoring.prometheusRule.thresholds.bounceRate=5"], /\/monitoring\/prometheusRule\/thresholds\/bounceRate/],
       [["monitoring.prometheusRule.excludeRules={NoSuchAlert}"], /\/monitoring\/prometheusRule\/excludeRules\/0/],
       [["operator.logLevel=verbose"], /\/operator\/logLevel/],

@@ -43,6 +43,13 @@ describe("operator flags", () => {
     assert.equal(parseFlags([...base, "--leader-elect"], {}).leaderElect, true, "a bare boolean flag means true");
   });
 
+  it("--relay-resources: the relays' default container resources as JSON (the chart's relay.resources)", () => {
+    const r = { requests: { cpu: "100m", memory: "256Mi" }, limits: { memory: "1Gi", cpu: 2 } };
+    assert.deepEqual(parseFlags([...base, "--relay-resources", JSON.stringify(r)], {}).relay.resources, r);
+    assert.equal(parseFlags([...base, "--relay-resources", "{}"], {}).relay.resources, undefined, "{} (the chart's default) is none");
+    assert.equal(parseFlags([...base], {}).relay.resources, undefined);
+  });
+
   it("refuses bad input with an error naming the flag", () => {
     const bad: [string[], RegExp][] = [
       [[], /--nats is required/],
@@ -59,6 +66,10 @@ describe("operator flags", () => {
       [[...base, "--kubeconfig", "/nonexistent/kubeconfig"], /--kubeconfig: file \/nonexistent\/kubeconfig does not exist/],
       [[...base, "--frobnicate"], /Unknown option '--frobnicate'/],
       [[...base, "--webhook-cert-manager", "nope"], /--webhook-cert-manager must be namespace\/name/],
+      [[...base, "--relay-resources", "{cpu: 1}"], /--relay-resources must be JSON/],
+      [[...base, "--relay-resources", "[]"], /--relay-resources must be a JSON object/],
+      [[...base, "--relay-resources", '{"request":{"cpu":"1"}}'], /--relay-resources: unknown key "request"/],
+      [[...base, "--relay-resources", '{"limits":{"memory":"1 GB"}}'], /--relay-resources: limits.memory must be a quantity/],
     ];
     for (const [args, re] of bad) assert.throws(() => parseFlags(args, {}), (e: Error) => e instanceof FlagError && re.test(e.message), args.join(" "));
   });
