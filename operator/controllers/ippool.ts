@@ -40,7 +40,8 @@ export const UNSUBSCRIBE_KEYS = ["unsubscribe.key", "unsubscribe.previous.key"] 
  * Every file of the pool's keyring: non-retired DKIM keys and webhook secrets of the domains it may
  * send, and, when one of them uses OneClick List-Unsubscribe, the token key: made once (32 random
  * bytes) and then kept as the keyring has it, since a new key would void the links in mail
- * already sent.
+ * already sent. A key the keyring has stays even while no domain uses OneClick, so switching a
+ * domain away and back does not void the links sent before.
  */
 export function keyring(ctx: Context, pool: IPPool): { files: Map<string, string>; missing: string[] } {
   const ns = pool.metadata.namespace!;
@@ -59,10 +60,10 @@ export function keyring(ctx: Context, pool: IPPool): { files: Map<string, string
       else missing.push(`Secret ${ns}/${w.secretRef.name} key ${w.secretRef.key}`);
     }
   }
-  if (domains.some((d) => d.spec.listUnsubscribe?.mode === "OneClick")) {
-    const current = secretData(ctx.inf.secrets.get(ns, relaySecretName(pool.metadata.name)));
-    files.set(UNSUBSCRIBE_KEYS[0], current[UNSUBSCRIBE_KEYS[0]] ?? randomBytes(32).toString("base64"));
-    if (current[UNSUBSCRIBE_KEYS[1]]) files.set(UNSUBSCRIBE_KEYS[1], current[UNSUBSCRIBE_KEYS[1]]);
+  const current = secretData(ctx.inf.secrets.get(ns, relaySecretName(pool.metadata.name)));
+  for (const k of UNSUBSCRIBE_KEYS) if (current[k]) files.set(k, current[k]);
+  if (!files.has(UNSUBSCRIBE_KEYS[0]) && domains.some((d) => d.spec.listUnsubscribe?.mode === "OneClick")) {
+    files.set(UNSUBSCRIBE_KEYS[0], randomBytes(32).toString("base64"));
   }
   return { files, missing };
 }

@@ -38,4 +38,12 @@ describe("pool keyring: one-click unsubscribe key", () => {
     assert.equal(keyring(ctx([domain("None")]), pool).files.size, 0);
     assert.equal(keyring(ctx([]), pool).files.size, 0);
   });
+
+  it("a key made once is kept while no domain uses OneClick (switching back does not void links sent before)", () => {
+    const made = keyring(ctx([domain("OneClick")]), pool).files.get(UNSUBSCRIBE_KEYS[0])!;
+    assert.notEqual(made, keyring(ctx([domain("OneClick")]), pool).files.get(UNSUBSCRIBE_KEYS[0]), "random each time it is made");
+    const kept = keyring(ctx([domain("Mailto")], { [UNSUBSCRIBE_KEYS[0]]: made }), pool).files;
+    assert.equal(kept.get(UNSUBSCRIBE_KEYS[0]), made);
+    assert.equal(keyring(ctx([domain("OneClick")], Object.fromEntries(kept)), pool).files.get(UNSUBSCRIBE_KEYS[0]), made);
+  });
 });
