@@ -24,6 +24,8 @@ import { type Logger, makeLogger } from "./runtime/log.ts";
 import { Metrics } from "./runtime/metrics.ts";
 import { DOMAIN_LABEL, type KubeObject, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL, keyOf } from "./runtime/types.ts";
 import { WebhookServer } from "./webhook/server.ts";
+import { CounterStore } from "./warmup/counters.ts";
+import { WarmupEngine } from "./warmup/engine.ts";
 
 export const VERSION = "0.1.0";
 
@@ -138,6 +140,14 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     cleanupPool: (id) => store.deletePoolConsumers(id),
   };
   const plan = new PlanController(store);
+  // Warm-up (leader only, like the controllers): counters from MF_EVENTS and the engine's steps.
+  const natsConn = () => store.connection();
+  let warmup: WarmupEngine | undefined;
+  const counters = new CounterStore({
+    connection: natsConn, replicas: cfg.natsReplicas, log: log.child({ component: "warmup" }),
+    periodMsOf: (pool) => warmup?.periodMsOf(pool) ?? 86_400_000,
+  });
+  warmup = new WarmupEngine({ ctx, counters, connection: natsConn, replicas: cfg.natsReplicas, plan: () => plan.current() });
   const mk = (name: ControllerName, fn: (key: string) => ReturnType<typeof reconcileDomain>, workers = cfg.workers) =>
     controllers.set(name, new Controller(name, fn, { workers, log, metrics }));
   mk("domain", (k) => reconcileDomain(ctx, k));
@@ -189,8 +199,12 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     if (old && spec(old).poolRef?.name !== spec(d).poolRef?.name) for (const p of poolsSigningFor(ns, spec(old).poolRef?.name)) enqueuePoolSoon(keyOf(p));
   };
   inf.domains.on({ add: (d) => onDomain(d), update: (old, d) => onDomain(d, old), delete: (d) => onDomain(d), resync: (d) => enqueue("domain", keyOf(d)) });
+  // What of a pool's status.lanes the plan takes: a change there is a quota or a pause the relays
+  // must apply now, not after the usual coalescing delay.
+  const lanePlanInputs = (o: KubeObject) => JSON.stringify(((o.status as any)?.lanes ?? []).map((l: any) => [l.address, l.provider, l.stage, l.state, l.until, l.reason]));
   const onPool = (p: KubeObject, old?: KubeObject) => {
     const ns = p.metadata.namespace!;
+    if (old && leading && lanePlanInputs(old) !== lanePlanInputs(p)) controllers.get("plan")?.enqueue(PLAN_KEY_NAME);
     enqueuePlan();
     for (const pr of inf.providers.list()) enqueue("provider", keyOf(pr));
     if (old && !specChanged(old, p)) return; // status only (the warm-up engine's lanes)
@@ -314,10 +328,12 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     metrics.leader.set(1);
     for (const c of controllers.values()) c.start();
     enqueueAll();
+    warmup.start();
   };
   const stopControllers = async () => {
     leading = false;
     await Promise.all([...controllers.values()].map((c) => c.stop()));
+    await warmup.stop();
   };
   const elector = cfg.leaderElect
     ? new LeaderElector(client, { namespace: cfg.leaseNamespace, name: cfg.leaseName, identity: cfg.identity, log })

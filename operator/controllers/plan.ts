@@ -24,6 +24,11 @@ export class PlanController {
     this.store = store;
   }
 
+  /** The plan last published or read (null: none yet). */
+  current(): Plan | null {
+    return this.previous ?? null;
+  }
+
   /** Credentials of every basic-auth Secret a SendingDomain names, hashed (and cached per Secret version). */
   private async credentials(ctx: Context): Promise<Credential[]> {
     const out: Credential[] = [];

@@ -79,6 +79,11 @@ export class PlanStore {
     return this.connecting;
   }
 
+  /** The operator's NATS connection (shared with the warm-up counters). */
+  connection(): Promise<NatsConnection> {
+    return timeout(this.conn(), "connecting");
+  }
+
   private async manager(): Promise<JetStreamManager> {
     if (!this.jsm) this.jsm = await jetstreamManager(await this.conn(), { timeout: 10_000 });
     return this.jsm;

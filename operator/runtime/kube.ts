@@ -228,10 +228,10 @@ export class KubeClient {
   }
 
   /** Server-side apply with the operator's field manager, forcing conflicts on what it owns. */
-  apply<T = KubeObject>(obj: KubeObject, o: { force?: boolean; sub?: string } = {}): Promise<T> {
+  apply<T = KubeObject>(obj: KubeObject, o: { force?: boolean; sub?: string; fieldManager?: string } = {}): Promise<T> {
     const r = resourceForKind(obj.kind);
     return this.request<T>("PATCH", pathOf(r, obj.metadata.namespace, obj.metadata.name, o.sub), {
-      query: { fieldManager: FIELD_MANAGER, force: o.force ?? true },
+      query: { fieldManager: o.fieldManager ?? FIELD_MANAGER, force: o.force ?? true },
       body: obj,
       contentType: "application/apply-patch+yaml",
     });

@@ -20,6 +20,13 @@ export class Metrics {
   readonly kubeWrites: Counter<"verb" | "resource">;
   readonly webhookRequests: Counter<"operation" | "kind" | "allowed">;
   readonly events: Counter<"type" | "reason">;
+  // Lanes (source IP x provider) of warming pools, from the status the warm-up engine writes.
+  // Label names are what the chart's dashboards and alerts query (charts/mailfleet/METRICS.md).
+  readonly laneState: Gauge<"pool" | "source_ip" | "provider" | "state">;
+  readonly laneWarmupStage: Gauge<"pool" | "source_ip" | "provider">;
+  readonly laneDailyQuota: Gauge<"pool" | "source_ip" | "provider">;
+  readonly laneSentToday: Gauge<"pool" | "source_ip" | "provider">;
+  readonly laneWarmupHeld: Gauge<"pool" | "source_ip" | "provider">;
 
   constructor() {
     const r = [this.registry];
@@ -42,5 +49,11 @@ export class Metrics {
     this.kubeWrites = new Counter({ name: "mailfleet_operator_kube_writes_total", help: "Write requests to the Kubernetes API.", labelNames: ["verb", "resource"], registers: r });
     this.webhookRequests = new Counter({ name: "mailfleet_operator_webhook_requests_total", help: "Admission reviews answered.", labelNames: ["operation", "kind", "allowed"], registers: r });
     this.events = new Counter({ name: "mailfleet_operator_events_total", help: "Kubernetes Events recorded.", labelNames: ["type", "reason"], registers: r });
+    const lane = ["pool", "source_ip", "provider"] as const;
+    this.laneState = new Gauge({ name: "mailfleet_operator_lane_state", help: "1 for the lane's current state (Healthy, Throttled, Suspended, Blocked, Paused), 0 for the others.", labelNames: [...lane, "state"], registers: r });
+    this.laneWarmupStage = new Gauge({ name: "mailfleet_operator_lane_warmup_stage", help: "Warm-up stage of the lane (0-based index into its schedule's stages).", labelNames: lane, registers: r });
+    this.laneDailyQuota = new Gauge({ name: "mailfleet_operator_lane_daily_quota", help: "Recipients the lane may attempt in the current warm-up day.", labelNames: lane, registers: r });
+    this.laneSentToday = new Gauge({ name: "mailfleet_operator_lane_sent_today", help: "Recipients the lane attempted at the provider in the current warm-up day.", labelNames: lane, registers: r });
+    this.laneWarmupHeld = new Gauge({ name: "mailfleet_operator_lane_warmup_held", help: "1 while the lane's last warm-up decision was Held or SteppedBack (its gates failed), else 0.", labelNames: lane, registers: r });
   }
 }

@@ -1,0 +1,235 @@
+// The warm-up engine (leader only): on a timer sized to the shortest warm-up period, for each pool
+// with a warmupScheduleRef, it reads the stored state and the counters (counters.ts), runs the
+// pure step (lanes.ts), stores the new state with compare-and-set (so a second replica, or a
+// restart, never closes a day twice), records Events, and writes IPPool status.lanes with
+// server-side apply under its own field manager, only when something changed. A status change
+// reaches the plan through the IPPool watch (operator/manager.ts recompiles at once when a lane's
+// stage or state changed), and so reaches the relays' shapers.
+import { type KV, Kvm } from "@nats-io/kv";
+import { StorageType, jetstream } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { Plan } from "../../api/plan.ts";
+import { parseDuration } from "../../api/units.ts";
+import { type IPPool, LANE_STATES, type WarmupSchedule, objectId } from "../../api/v1alpha1/index.ts";
+import { token } from "../../relay/queue/topology.ts";
+import { SHAPER_BUCKET } from "../../relay/shaper/keys.ts";
+import { type LaneRuleState, readLaneStates } from "../../relay/shaper/state.ts";
+import type { Context } from "../controllers/context.ts";
+import { statusDiffers } from "../runtime/conditions.ts";
+import type { KubeObject } from "../runtime/types.ts";
+import type { CounterStore, PeriodDoc } from "./counters.ts";
+import { type EngineState, type PoolStatusLanes, periodsNeeded, policyOf, stepPool } from "./lanes.ts";
+
+export const WARMUP_STATE_BUCKET = "mailfleet-warmup-state";
+export const WARMUP_FIELD_MANAGER = "mailfleet-warmup";
+const DAY_MS = 86_400_000;
+
+/** How long after a period ends its late events may still arrive (relays publish right after the dialogue). */
+export function settleMs(periodMs: number): number {
+  return Math.min(Math.max(periodMs * 0.02, 100), 5000);
+}
+
+/** Time between steps: often enough to close a period promptly and keep sentToday current. */
+export function tickMs(periodMs: number): number {
+  return Math.min(Math.max(periodMs / 20, 100), 10_000);
+}
+
+export type EngineOptions = {
+  ctx: Context;
+  counters: CounterStore;
+  connection: () => Promise<NatsConnection>;
+  replicas: number;
+  plan: () => Plan | null;
+  /** Called after a status write (the plan recompiles from the new status). */
+  onStatus?: (pool: string) => void;
+};
+
+export class WarmupEngine {
+  private readonly o: EngineOptions;
+  private stateKv: KV | undefined;
+  private shaperKv: KV | null | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private stopped = true;
+  private readonly gauges = new Map<string, string[][]>();
+  private warned = new Map<string, string>();
+  /** Steps taken and status writes made (diagnostics and tests). */
+  steps = 0;
+  writes = 0;
+
+  constructor(o: EngineOptions) {
+    this.o = o;
+  }
+
+  /** The warm-up period of a pool (namespace/name): its schedule's, else a day. */
+  periodMsOf(poolId: string): number {
+    const [ns, name] = poolId.split("/");
+    const pool = this.o.ctx.world.pool(ns!, name!);
+    const s = pool ? this.scheduleOf(pool) : undefined;
+    return s ? parseDuration(s.spec.period) : DAY_MS;
+  }
+
+  private scheduleOf(pool: IPPool): WarmupSchedule | undefined {
+    const ref = pool.spec.warmupScheduleRef?.name;
+    if (!ref) return undefined;
+    return this.o.ctx.world.schedules().find((s) => s.metadata.namespace === pool.metadata.namespace && s.metadata.name === ref);
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.o.counters.start();
+    const loop = async () => {
+      if (this.stopped) return;
+      this.running = this.tick().catch((err: Error) => this.o.ctx.log.warn("warm-up step failed", { error: err.message }));
+      await this.running;
+      if (this.stopped) return;
+      this.timer = setTimeout(loop, this.nextTickMs());
+      this.timer.unref();
+    };
+    void loop();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.running;
+    await this.o.counters.stop();
+  }
+
+  private nextTickMs(): number {
+    let ms = 10_000;
+    for (const p of this.warmingPools()) {
+      const s = this.scheduleOf(p);
+      if (s) ms = Math.min(ms, tickMs(parseDuration(s.spec.period)));
+    }
+    return ms;
+  }
+
+  private warmingPools(): IPPool[] {
+    return this.o.ctx.world.pools().filter((p) => p.spec.warmupScheduleRef && !p.metadata.deletionTimestamp);
+  }
+
+  private async bucket(): Promise<KV> {
+    if (this.stateKv) return this.stateKv;
+    const js = jetstream(await this.o.connection(), { timeout: 10_000 });
+    this.stateKv = await new Kvm(js).create(WARMUP_STATE_BUCKET, { history: 1, storage: StorageType.File, replicas: this.o.replicas });
+    return this.stateKv;
+  }
+
+  private async rules(pool: string, plan: Plan | null): Promise<LaneRuleState[]> {
+    if (!plan) return [];
+    if (this.shaperKv === undefined || this.shaperKv === null) {
+      try {
+        this.shaperKv = await new Kvm(jetstream(await this.o.connection(), { timeout: 10_000 })).open(SHAPER_BUCKET);
+      } catch {
+        // No relay made the shaper bucket yet: no rule is in force anywhere.
+        this.shaperKv = null;
+        return [];
+      }
+    }
+    return readLaneStates(this.shaperKv, { plan, now: this.o.ctx.now(), pool });
+  }
+
+  async tick(): Promise<void> {
+    const pools = this.warmingPools();
+    const live = new Set<string>();
+    for (const pool of pools) {
+      const id = objectId(pool.metadata);
+      live.add(id);
+      try {
+        await this.syncPool(pool);
+        this.warned.delete(id);
+      } catch (err) {
+        const m = (err as Error).message;
+        if (this.warned.get(id) !== m) this.o.ctx.log.warn("warm-up: pool step failed; retrying", { pool: id, error: m });
+        this.warned.set(id, m);
+      }
+    }
+    for (const id of [...this.gauges.keys()]) if (!live.has(id)) this.setGauges(id, null);
+  }
+
+  /** One step for one pool. */
+  async syncPool(pool: IPPool): Promise<void> {
+    const { ctx } = this.o;
+    const schedule = this.scheduleOf(pool);
+    if (!schedule) return;
+    const id = objectId(pool.metadata);
+    const periodMs = parseDuration(schedule.spec.period);
+    const now = ctx.now();
+    const kv = await this.bucket();
+    const key = `s.${token(id).replaceAll("~", "=")}`;
+    const entry = await kv.get(key);
+    const state = entry && entry.operation === "PUT" && entry.value.length ? entry.json<EngineState>() : null;
+    const policy = policyOf(pool, schedule.spec);
+    const docs = new Map<number, PeriodDoc | null>();
+    for (const p of periodsNeeded(state, now, periodMs, policy.windowMs)) docs.set(p, await this.o.counters.read(id, periodMs, p));
+    const plan = this.o.plan();
+    const providers = (plan?.providers ?? []).map((p) => ({ name: p.name, feedbackLoop: p.feedbackLoop }));
+    if (!providers.length) return; // no plan yet: lanes are not known
+    const caughtUp = this.o.counters.caughtUpAt;
+    const out = stepPool({
+      pool, schedule: schedule.spec, providers, state, now,
+      counts: (p) => docs.get(p) ?? null,
+      canClose: (p) => caughtUp >= (p + 1) * periodMs + settleMs(periodMs) && now >= (p + 1) * periodMs + settleMs(periodMs),
+      rules: await this.rules(id, plan),
+    });
+    this.steps++;
+    // State first, with compare-and-set: whoever stores a step acts on it; a loser does nothing.
+    const value = JSON.stringify(out.state);
+    if (!entry || entry.operation !== "PUT" || Buffer.from(entry.value).toString("utf8") !== value) {
+      try {
+        if (entry && entry.operation === "PUT") await kv.update(key, value, entry.revision);
+        else await kv.create(key, value);
+      } catch (err) {
+        ctx.log.info("warm-up: state changed under this step; it runs again", { pool: id, error: (err as Error).message });
+        return;
+      }
+    }
+    const raw = ctx.inf.pools.get(pool.metadata.namespace, pool.metadata.name);
+    if (raw) for (const n of out.notices) ctx.events.event(raw, n.type, n.reason, n.note, "Warmup");
+    this.setGauges(id, out.status);
+    if (raw) await this.writeStatus(raw, out.status);
+  }
+
+  private async writeStatus(raw: KubeObject, status: PoolStatusLanes): Promise<void> {
+    const { ctx } = this.o;
+    const desired = status as unknown as Record<string, unknown>;
+    if (!statusDiffers(raw.status as Record<string, unknown> | undefined, desired)) return;
+    const out = await ctx.client.apply({
+      apiVersion: raw.apiVersion, kind: raw.kind, metadata: { name: raw.metadata.name, namespace: raw.metadata.namespace }, status: desired,
+    } as KubeObject, { sub: "status", fieldManager: WARMUP_FIELD_MANAGER });
+    ctx.inf.pools.upsert(out);
+    this.writes++;
+    this.o.onStatus?.(objectId(raw.metadata));
+  }
+
+  private setGauges(pool: string, status: PoolStatusLanes | null): void {
+    const m = this.o.ctx.metrics;
+    const prev = this.gauges.get(pool) ?? [];
+    const now = new Set((status?.lanes ?? []).map((l) => `${l.address}|${l.provider}`));
+    for (const [source_ip, provider] of prev) {
+      if (now.has(`${source_ip}|${provider}`)) continue;
+      const labels = { pool, source_ip: source_ip!, provider: provider! };
+      for (const state of LANE_STATES) m.laneState.remove({ ...labels, state });
+      m.laneWarmupStage.remove(labels);
+      m.laneDailyQuota.remove(labels);
+      m.laneSentToday.remove(labels);
+      m.laneWarmupHeld.remove(labels);
+    }
+    if (!status) {
+      this.gauges.delete(pool);
+      return;
+    }
+    for (const l of status.lanes) {
+      const labels = { pool, source_ip: l.address, provider: l.provider };
+      for (const state of LANE_STATES) m.laneState.set({ ...labels, state }, l.state === state ? 1 : 0);
+      m.laneWarmupStage.set(labels, l.stage ?? 0);
+      m.laneDailyQuota.set(labels, l.dailyQuota ?? 0);
+      m.laneSentToday.set(labels, l.sentToday ?? 0);
+      m.laneWarmupHeld.set(labels, l.decision === "Held" || l.decision === "SteppedBack" ? 1 : 0);
+    }
+    this.gauges.set(pool, status.lanes.map((l) => [l.address, l.provider]));
+  }
+}
+
