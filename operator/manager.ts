@@ -21,7 +21,7 @@ import { type Cache, Informer, MultiInformer } from "./runtime/informer.ts";
 import { KubeClient, RESOURCES, type Resource, resolveConnection } from "./runtime/kube.ts";
 import { LeaderElector } from "./runtime/leader.ts";
 import { type Logger, makeLogger } from "./runtime/log.ts";
-import { Metrics } from "./runtime/metrics.ts";
+import { Metrics, unverifiedRecords } from "./runtime/metrics.ts";
 import { DOMAIN_LABEL, type KubeObject, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL, keyOf } from "./runtime/types.ts";
 import { WebhookServer } from "./webhook/server.ts";
 import { CounterStore } from "./warmup/counters.ts";
@@ -102,6 +102,8 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     webhooks: make(RESOURCES.ValidatingWebhookConfiguration, { field: `metadata.name=${cfg.webhook.configName}` }),
   };
   const world = new World(inf);
+  metrics.sources.domainRecords = () => unverifiedRecords(inf.domains.list());
+  metrics.sources.natsConnected = () => store.connected();
 
   // Controllers (started only while leading).
   const controllers = new Map<ControllerName, Controller>();
@@ -284,8 +286,9 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     enqueue("webhook", "webhook");
   };
 
-  // Start: caches, then the servers, then the election.
+  // Start: caches, NATS, then the servers, then the election.
   for (const c of all) c.start();
+  store.start();
   let synced = false;
   const http: Server | undefined = cfg.metrics.port > 0
     ? await startHttp({

@@ -43,6 +43,8 @@ export class PlanStore {
   private connecting: Promise<NatsConnection> | undefined;
   private kv: KV | undefined;
   private jsm: JetStreamManager | undefined;
+  /** Connected now (mailfleet_operator_nats_connected): set on connect and reconnect, cleared on disconnect. */
+  private up = false;
 
   constructor(o: { servers: string[]; creds?: string; replicas: number; log: Logger }) {
     this.servers = o.servers;
@@ -64,13 +66,20 @@ export class PlanStore {
         ...(this.creds ? { authenticator: credsAuthenticator(readFileSync(this.creds)) } : {}),
       }).then((nc) => {
         this.nc = nc;
+        this.up = true;
         this.log.info("connected to NATS", { server: nc.getServer() });
         (async () => {
           for await (const s of nc.status()) {
-            if (s.type === "disconnect") this.log.warn("NATS disconnected", { server: s.server });
-            else if (s.type === "reconnect") this.log.info("NATS reconnected", { server: s.server });
+            if (s.type === "disconnect") {
+              this.up = false;
+              this.log.warn("NATS disconnected", { server: s.server });
+            } else if (s.type === "reconnect") {
+              this.up = true;
+              this.log.info("NATS reconnected", { server: s.server });
+            }
           }
         })().catch(() => {});
+        void nc.closed().then(() => { this.up = false; });
         return nc;
       }).finally(() => {
         this.connecting = undefined;
@@ -82,6 +91,19 @@ export class PlanStore {
   /** The operator's NATS connection (shared with the warm-up counters). */
   connection(): Promise<NatsConnection> {
     return timeout(this.conn(), "connecting");
+  }
+
+  /**
+   * Connects in the background (every replica, leader or not: a standby that cannot reach NATS
+   * could not publish the plan once it leads, and its gauge says so before then).
+   */
+  start(): void {
+    this.conn().catch((err: Error) => this.log.warn("cannot connect to NATS yet", { error: err.message }));
+  }
+
+  /** Whether the connection is up now. */
+  connected(): boolean {
+    return this.up && Boolean(this.nc) && !this.nc!.isClosed();
   }
 
   private async manager(): Promise<JetStreamManager> {

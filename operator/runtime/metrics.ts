@@ -3,6 +3,24 @@
 // controller-runtime dashboards and alerts carry over with a prefix change.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
+export type UnverifiedRecords = { sendingdomain: string; domain: string; unverified: number };
+
+/**
+ * Per SendingDomain, how many of the DNS records its status lists to publish are not verified
+ * (mailfleet_operator_domain_records_unverified; alert MailfleetDnsNotVerified). A domain whose
+ * status lists no records yet has no series: nothing is known about it.
+ */
+export function unverifiedRecords(domains: { metadata: { namespace?: string; name: string }; spec?: unknown; status?: unknown }[]): UnverifiedRecords[] {
+  const out: UnverifiedRecords[] = [];
+  for (const d of domains) {
+    const records = (d.status as { dnsRecords?: { verified?: boolean }[] } | undefined)?.dnsRecords;
+    const domain = (d.spec as { domain?: string } | undefined)?.domain;
+    if (!records?.length || !domain) continue;
+    out.push({ sendingdomain: `${d.metadata.namespace}/${d.metadata.name}`, domain, unverified: records.filter((r) => r.verified !== true).length });
+  }
+  return out;
+}
+
 export class Metrics {
   readonly registry = new Registry();
   readonly reconcileTotal: Counter<"controller" | "result">;
@@ -27,9 +45,14 @@ export class Metrics {
   readonly laneDailyQuota: Gauge<"pool" | "source_ip" | "provider">;
   readonly laneSentToday: Gauge<"pool" | "source_ip" | "provider">;
   readonly laneWarmupHeld: Gauge<"pool" | "source_ip" | "provider">;
+  readonly natsConnected: Gauge;
+  readonly domainRecordsUnverified: Gauge<"sendingdomain" | "domain">;
+  /** What the scrape-time gauges read (the manager sets them once its caches and NATS client exist). */
+  readonly sources: { natsConnected?: () => boolean; domainRecords?: () => UnverifiedRecords[] } = {};
 
   constructor() {
     const r = [this.registry];
+    const sources = this.sources;
     collectDefaultMetrics({ register: this.registry, prefix: "mailfleet_operator_" });
     this.reconcileTotal = new Counter({ name: "mailfleet_operator_reconcile_total", help: "Reconciles by controller and result (success, requeue, error, conflict).", labelNames: ["controller", "result"], registers: r });
     this.reconcileErrors = new Counter({ name: "mailfleet_operator_reconcile_errors_total", help: "Reconciles that failed.", labelNames: ["controller"], registers: r });
@@ -55,5 +78,17 @@ export class Metrics {
     this.laneDailyQuota = new Gauge({ name: "mailfleet_operator_lane_daily_quota", help: "Recipients the lane may attempt in the current warm-up day.", labelNames: lane, registers: r });
     this.laneSentToday = new Gauge({ name: "mailfleet_operator_lane_sent_today", help: "Recipients the lane attempted at the provider in the current warm-up day.", labelNames: lane, registers: r });
     this.laneWarmupHeld = new Gauge({ name: "mailfleet_operator_lane_warmup_held", help: "1 while the lane's last warm-up decision was Held or SteppedBack (its gates failed), else 0.", labelNames: lane, registers: r });
+    // Read at scrape time, so a scrape never shows a value older than the caches.
+    this.natsConnected = new Gauge({
+      name: "mailfleet_operator_nats_connected", help: "1 while this replica is connected to NATS (where the fleet plan is published), else 0.", registers: r,
+      collect() { this.set(sources.natsConnected?.() ? 1 : 0); },
+    });
+    this.domainRecordsUnverified = new Gauge({
+      name: "mailfleet_operator_domain_records_unverified", help: "DNS records a SendingDomain's status lists to publish that are not verified.", labelNames: ["sendingdomain", "domain"], registers: r,
+      collect() {
+        this.reset();
+        for (const x of sources.domainRecords?.() ?? []) this.set({ sendingdomain: x.sendingdomain, domain: x.domain }, x.unverified);
+      },
+    });
   }
 }

@@ -97,6 +97,7 @@ test("operator lifecycle: providers, schedules, pools, domains", { timeout: 1_80
     assert.equal(condition(d, "Ready")!.status, "False");
     assert.equal(condition(d, "Ready")!.reason, "RecordsNotPublished");
     assert.equal(d.status.recordsVerified, "0/7");
+    await eventually("the unverified records on /metrics", async () => /^mailfleet_operator_domain_records_unverified\{sendingdomain="mail\/example",domain="example\.test"\} 7$/m.test(await op.metrics()));
     const names = d.status.dnsRecords.map((r: any) => `${r.purpose} ${r.type} ${r.name}`);
     assert.ok(names.includes("spf TXT example.test"));
     assert.ok(names.includes("dmarc TXT _dmarc.example.test"));
@@ -151,6 +152,7 @@ test("operator lifecycle: providers, schedules, pools, domains", { timeout: 1_80
       return condition(o, "Ready")?.status === "True" && o;
     });
     assert.equal(v.status.recordsVerified, "7/7");
+    assert.match(await op.metrics(), /^mailfleet_operator_domain_records_unverified\{sendingdomain="mail\/example",domain="example\.test"\} 0$/m);
     const p = await eventually("pool addresses verified", async () => {
       const o = await env.get(path.pool(NS, "transactional"));
       return condition(o, "AddressesVerified")?.status === "True" && o;
@@ -300,6 +302,37 @@ test("operator lifecycle: providers, schedules, pools, domains", { timeout: 1_80
     assert.equal((await env.get(path.deployment(NS, "bulk"))).spec.replicas, 1, "replicas left to the autoscaler (the API server's default)");
   });
 
+  await t.test("one-click unsubscribe: the token key is made once in the pool's keyring Secret, kept, and nowhere else", async () => {
+    await env.apply(domain(NS, "news", { domain: "news.example.test", poolRef: { name: "bulk" }, listUnsubscribe: { mode: "OneClick", url: "https://news.example.test/u/{token}" } }));
+    const ring = await eventually("bulk's keyring has unsubscribe.key", async () => {
+      const s = await env.get(path.secret(NS, "bulk-relay"));
+      return s?.data?.["unsubscribe.key"] && s;
+    });
+    const key = ring.data["unsubscribe.key"] as string;
+    assert.equal(Buffer.from(key, "base64").length, 32);
+    assert.equal(ring.type, "Opaque");
+    // The Deployment mounts that Secret (and nothing carries the key in the clear).
+    const dep = await env.get(path.deployment(NS, "bulk"));
+    assert.ok(dep.spec.template.spec.volumes.some((v: any) => v.secret?.secretName === "bulk-relay"));
+    assert.ok(!JSON.stringify(dep).includes(key));
+    const cms = await env.get(`/api/v1/namespaces/${NS}/configmaps`);
+    assert.ok(!JSON.stringify(cms).includes(key), "in no ConfigMap");
+    const plan = await eventually("plan with news.example.test", async () => {
+      const p = await env.plan();
+      return p?.domains.some((d) => d.domain === "news.example.test") && p;
+    });
+    assert.ok(!JSON.stringify(plan).includes(key), "not in the plan (NATS KV)");
+    assert.ok(!op.log().includes(key), "not in the operator's log");
+    // Kept: switching the domain to Mailto and back leaves the same key (links already sent stay valid).
+    await env.apply(domain(NS, "news", { domain: "news.example.test", poolRef: { name: "bulk" }, listUnsubscribe: { mode: "Mailto", mailto: "unsub@news.example.test" } }));
+    await eventually("plan with the Mailto domain", async () => (await env.plan())?.domains.find((d) => d.domain === "news.example.test")?.listUnsubscribe?.mode === "Mailto");
+    await env.apply(domain(NS, "news", { domain: "news.example.test", poolRef: { name: "bulk" }, listUnsubscribe: { mode: "OneClick", url: "https://news.example.test/u/{token}" } }));
+    await eventually("plan with the OneClick domain again", async () => (await env.plan())?.domains.find((d) => d.domain === "news.example.test")?.listUnsubscribe?.mode === "OneClick");
+    await new Promise((r) => setTimeout(r, 12_000)); // past the keyring's 10 s update throttle
+    assert.equal((await env.get(path.secret(NS, "bulk-relay"))).data["unsubscribe.key"], key);
+    await env.req("DELETE", path.domain(NS, "news"));
+  });
+
   await t.test("rotation: a new selector is published first and signs only once its record verifies; the old one retires after the overlap", async () => {
     await env.apply(domain(NS, "rot", { domain: "rot.example.test", poolRef: { name: "transactional" }, dkim: { keyTypes: ["Ed25519"], rotationPeriod: "20s", overlap: "15s" } }));
     const first = await eventually("first key active", async () => {
@@ -345,7 +378,7 @@ test("operator lifecycle: providers, schedules, pools, domains", { timeout: 1_80
   await t.test("metrics", async () => {
     const m = await op.metrics();
     for (const name of ["mailfleet_operator_reconcile_total", "mailfleet_operator_reconcile_duration_seconds_bucket", "mailfleet_operator_workqueue_depth",
-      "mailfleet_operator_plan_revision_info", "mailfleet_operator_plan_published_timestamp_seconds", "mailfleet_operator_resources", "mailfleet_operator_leader 1"]) {
+      "mailfleet_operator_plan_revision_info", "mailfleet_operator_plan_published_timestamp_seconds", "mailfleet_operator_resources", "mailfleet_operator_leader 1", "mailfleet_operator_nats_connected 1"]) {
       assert.ok(m.includes(name), `${name} in /metrics`);
     }
     assert.match(m, /mailfleet_operator_reconcile_total\{controller="domain",result="(success|requeue)"\} \d+/);
