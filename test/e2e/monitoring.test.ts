@@ -15,7 +15,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import nodemailer from "nodemailer";
 import { parse, parseAllDocuments, stringify } from "yaml";
-import { DASHBOARDS, VARIABLES, metricNames } from "../../charts/dashboards.ts";
+import { DASHBOARDS, VARIABLES } from "../../charts/dashboards.ts";
 import { encodeEnvelope, newQueueId, verpAddress } from "../../relay/queue/envelope.ts";
 import { subjects } from "../../relay/queue/topology.ts";
 import { CHART_DIR, PROJECT_ROOT, renderChart, renderRules, type K8sObject } from "../env/chart.ts";
@@ -114,10 +114,6 @@ function proposedSeries(): Set<string> {
   return new Set(rows.filter((l) => /\| proposed \|/.test(l)).map((l) => /^\| `([^`]+)`/.exec(l)![1]!));
 }
 
-/** Relay series that only a relay listener the relays may not start yet produces. */
-const LISTENER_SERIES: Record<string, RegExp> = {
-  submission: /^mailfleet_relay_(accepted_total|accept_duration_seconds_bucket|commit_group_size_(sum|count)|submission_connections|submission_rejected_total|auth_failures_total)$/,
-};
 
 /** Grafana's substitution for a multi-value variable: a regex alternation of the values. */
 function regexOf(values: string[]): string {
@@ -425,22 +421,9 @@ describe("dashboards against a live fleet", { timeout: 3_600_000 }, () => {
     t.diagnostic(`targets: ${targets.map((x) => `${x.labels.job} ${x.scrapeUrl} ${x.health}${x.lastError ? ` (${x.lastError})` : ""}`).join("; ")}`);
     const components = relayComponents();
     t.diagnostic(`relay components: ${components.join(", ")}`);
-    const proposed = proposedSeries();
-    const missingListeners = Object.keys(LISTENER_SERIES).filter((c) => !components.includes(c));
-    const httpMissing = !components.includes("http");
-    const explain = (expr: string): string | undefined => {
-      const names = metricNames(expr);
-      const reasons: string[] = [];
-      for (const m of names) {
-        if (proposed.has(m)) reasons.push(`${m} is proposed in METRICS.md (not exported yet)`);
-        for (const c of missingListeners) if (LISTENER_SERIES[c]!.test(m)) reasons.push(`${m} needs the relay's ${c} listener, which relay/main.ts does not start yet`);
-        if (httpMissing && /^mailfleet_(relay_|delivered|deferred|bounced|complaints|delivery|lane|rule|queue|routed|inbound)/.test(m)) reasons.push(`${m}: the relays serve no /metrics (relay/main.ts does not start the http listener yet)`);
-      }
-      return reasons.length ? [...new Set(reasons)].join("; ") : undefined;
-    };
+    for (const c of ["submission", "http"]) assert.ok(components.includes(c), `the relays start their ${c} listener (components: ${components.join(", ")})`);
 
     const failures: string[] = [];
-    const expected: string[] = [];
     let ok = 0;
     for (const d of DASHBOARDS) {
       const vars: Record<string, string[]> = {};
@@ -450,8 +433,7 @@ describe("dashboards against a live fleet", { timeout: 3_600_000 }, () => {
         const values = (await prom.query(q)).map((x) => x.metric[m[2]!]!).filter(Boolean).sort();
         if (values.length) vars[v] = values;
         else {
-          const why = explain(m[1]!);
-          (why ? expected : failures).push(`${d.file} variable $${v}: ${VARIABLES[v]!.query} has no values${why ? ` (${why})` : ""}`);
+          failures.push(`${d.file} variable $${v}: ${VARIABLES[v]!.query} has no values`);
           vars[v] = [".+"];
         }
       }
@@ -461,17 +443,14 @@ describe("dashboards against a live fleet", { timeout: 3_600_000 }, () => {
         let err = "";
         try { n = (await prom.query(expr)).length; } catch (e) { err = (e as Error).message; }
         if (n > 0) { ok++; continue; }
-        const why = err ? undefined : explain(target.expr);
-        (why ? expected : failures).push(`${d.file} "${p.title}": ${err || "no series"} for ${expr}${why ? ` (${why})` : ""}`);
+        failures.push(`${d.file} "${p.title}": ${err || "no series"} for ${expr}`);
       }
     }
     t.diagnostic(`${ok} panel queries returned data`);
-    for (const e of expected) t.diagnostic(`waiting on others: ${e}`);
-    assert.deepEqual(failures, [], "panel queries that returned nothing for no known reason");
-    if (expected.length) t.todo(`${expected.length} panel queries wait on series or listeners not there yet (see the diagnostics)`);
+    assert.deepEqual(failures, [], "panel queries that returned nothing");
   });
 
-  it("every series METRICS.md lists as exported is in Prometheus; proposed ones are reported", async (t) => {
+  it("every series METRICS.md lists is exported and in Prometheus (none left proposed)", async () => {
     const rows = readFileSync(join(CHART_DIR, "METRICS.md"), "utf8").split("\n").filter((l) => l.startsWith("| `"));
     // Declared by a target (# HELP) counts too: a labelled counter has no series until its first
     // event (mailfleet_operator_reconcile_errors_total stays empty while nothing fails).
@@ -488,11 +467,9 @@ describe("dashboards against a live fleet", { timeout: 3_600_000 }, () => {
       if (n > 0 || declared.has(name.replace(/_(bucket|sum|count)$/, ""))) continue;
       (/\| proposed \|/.test(row) ? waiting : missing).push(name);
     }
-    for (const w of waiting) t.diagnostic(`proposed, not exported yet: ${w}`);
     assert.deepEqual(missing, [], "series METRICS.md says are exported but the live fleet does not have");
-    const nowThere = rows.filter((r) => /\| proposed \|/.test(r)).map((r) => /^\| `([^`]+)`/.exec(r)![1]!).filter((n) => !waiting.includes(n));
-    assert.deepEqual(nowThere, [], "exported now: mark these exported in METRICS.md");
-    if (waiting.length) t.todo(`${waiting.length} proposed series not exported yet`);
+    assert.deepEqual(waiting, [], "proposed in METRICS.md and still not exported: export them or change the queries");
+    assert.deepEqual([...proposedSeries()], [], "exported now: mark these exported in METRICS.md");
   });
 
   it("the chart's alerts evaluate without errors on the live series", async () => {
