@@ -35,6 +35,8 @@ export type OperatorConfig = {
     configName: string;
     secretName: string;
     certManager?: string;
+    /** The ValidatingWebhookConfiguration is the Helm chart's: set only its CA bundle. */
+    configFromChart: boolean;
   };
   dnsServers: string[];
   dnsRecheckMs: number;
@@ -82,6 +84,8 @@ export const USAGE = `usage: node operator/main.ts --nats <urls> [flags]
   --webhook-config-name NAME   ValidatingWebhookConfiguration (default mailfleet-operator)
   --webhook-secret NAME        Secret with the webhook CA and certificate (default mailfleet-operator-webhook-tls)
   --webhook-cert-manager NS/N  let cert-manager inject the CA of this Certificate (its Secret: --webhook-secret)
+  --webhook-config-from-chart BOOL  the configuration is the Helm chart's: only set its CA bundle, never
+                               create or delete it (default false)
   --dns-servers LIST           DNS servers for record and PTR checks, host[:port] comma-separated (default: system)
   --dns-recheck DUR            re-check verified DNS this often (default 5m)
   --dns-recheck-unverified DUR re-check unverified DNS this often (default 30s)
@@ -97,7 +101,7 @@ export const USAGE = `usage: node operator/main.ts --nats <urls> [flags]
   --log-level LEVEL            debug, info, warn, error (default info)
 `;
 
-const BOOLEAN_FLAGS = ["--leader-elect"];
+const BOOLEAN_FLAGS = ["--leader-elect", "--webhook-config-from-chart"];
 
 function list(values: string[] | undefined): string[] {
   return (values ?? []).flatMap((v) => v.split(",")).map((s) => s.trim()).filter(Boolean);
@@ -191,6 +195,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         "webhook-config-name": { type: "string" },
         "webhook-secret": { type: "string" },
         "webhook-cert-manager": { type: "string" },
+        "webhook-config-from-chart": { type: "string" },
         "dns-servers": { type: "string" },
         "dns-recheck": { type: "string" },
         "dns-recheck-unverified": { type: "string" },
@@ -286,6 +291,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
       configName: s("webhook-config-name") ?? "mailfleet-operator",
       secretName: s("webhook-secret") ?? "mailfleet-operator-webhook-tls",
       ...(certManager ? { certManager } : {}),
+      configFromChart: bool("--webhook-config-from-chart", s("webhook-config-from-chart"), false),
     },
     dnsServers,
     dnsRecheckMs: duration("--dns-recheck", s("dns-recheck"), "5m"),

@@ -9,7 +9,7 @@ import { reconcileProvider } from "./controllers/mailboxprovider.ts";
 import { PLAN_KEY_NAME, PlanController } from "./controllers/plan.ts";
 import { reconcileDomain } from "./controllers/sendingdomain.ts";
 import { reconcileSchedule } from "./controllers/warmupschedule.ts";
-import { type WebhookConfig, reconcileWebhook, servingPair } from "./controllers/webhook.ts";
+import { type WebhookConfig, ownedByConfig, reconcileWebhook, servingPair } from "./controllers/webhook.ts";
 import { type Informers, World } from "./controllers/world.ts";
 import { KeyFactory, WorkerGenerator } from "./dkim/keys.ts";
 import { makeLookup } from "./dns/resolver.ts";
@@ -122,6 +122,7 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     secretName: cfg.webhook.secretName,
     ...(cfg.webhook.urlHost ? { urlHost: cfg.webhook.urlHost } : { service: { namespace: cfg.operatorNamespace, name: cfg.webhook.serviceName, port: cfg.webhook.servicePort } }),
     ...(cfg.webhook.certManager ? { certManager: cfg.webhook.certManager } : {}),
+    configFromChart: cfg.webhook.configFromChart,
   };
   const ctx: Context = {
     client, world, inf, events, log, metrics, lookup, keys,
@@ -339,7 +340,11 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
     await warmup.stop();
   };
   const elector = cfg.leaderElect
-    ? new LeaderElector(client, { namespace: cfg.leaseNamespace, name: cfg.leaseName, identity: cfg.identity, log })
+    ? new LeaderElector(client, {
+      namespace: cfg.leaseNamespace, name: cfg.leaseName, identity: cfg.identity, log,
+      // With the chart's webhook configuration (it lives as long as the release), the Lease goes with it.
+      ...(cfg.webhook.configFromChart ? { owners: () => ownedByConfig(inf.webhooks.get(undefined, cfg.webhook.configName)) } : {}),
+    })
     : undefined;
 
   const shutdown = (reason: string, code = 0): Promise<number> => {

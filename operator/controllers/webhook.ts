@@ -12,7 +12,7 @@ import { createCA, issueServing, renewalReason, signedBy } from "../certs.ts";
 import { WEBHOOK_PATH } from "../webhook/server.ts";
 import type { Result } from "../runtime/controller.ts";
 import { RESOURCES } from "../runtime/kube.ts";
-import { type KubeObject, MANAGED_BY, MANAGED_BY_LABEL } from "../runtime/types.ts";
+import { type KubeObject, MANAGED_BY, MANAGED_BY_LABEL, type OwnerReference } from "../runtime/types.ts";
 import { type Context, applyOwned } from "./context.ts";
 
 export type WebhookConfig = {
@@ -26,7 +26,24 @@ export type WebhookConfig = {
   service?: { namespace: string; name: string; port: number };
   /** cert-manager: namespace/name of the Certificate whose CA is injected. */
   certManager?: string;
+  /**
+   * The configuration is the Helm chart's (so `helm uninstall` removes it): the operator only sets
+   * its CA bundle, and neither creates nor deletes it.
+   */
+  configFromChart?: boolean;
 };
+
+const WEBHOOK_NAME = "validate.mailfleet.io";
+
+/**
+ * The webhook's certificate Secret is owned by the configuration (a namespaced dependent of a
+ * cluster-scoped owner): whoever removes the configuration (helm uninstall, the webhook turned
+ * off) removes the key with it through the garbage collector.
+ */
+export function ownedByConfig(config: KubeObject | undefined): OwnerReference[] | undefined {
+  if (!config?.metadata.uid) return undefined;
+  return [{ apiVersion: "admissionregistration.k8s.io/v1", kind: "ValidatingWebhookConfiguration", name: config.metadata.name, uid: config.metadata.uid, blockOwnerDeletion: false }];
+}
 
 export function servingHosts(w: WebhookConfig): string[] {
   if (w.urlHost) return [w.urlHost];
@@ -53,7 +70,7 @@ export function webhookConfiguration(w: WebhookConfig, caPem: string | undefined
       ...(w.certManager ? { annotations: { "cert-manager.io/inject-ca-from": w.certManager } } : {}),
     },
     webhooks: [{
-      name: "validate.mailfleet.io",
+      name: WEBHOOK_NAME,
       admissionReviewVersions: ["v1"],
       sideEffects: "None",
       failurePolicy: "Ignore",
@@ -79,8 +96,12 @@ export function servingPair(secret: KubeObject | undefined): { cert: string; key
 
 export async function reconcileWebhook(ctx: Context, w: WebhookConfig): Promise<Result> {
   const live = ctx.inf.webhooks.get(undefined, w.configName);
+  if (w.configFromChart && !live) {
+    ctx.log.warn("waiting for the chart's ValidatingWebhookConfiguration", { name: w.configName });
+    return { requeueAfterMs: 10_000 };
+  }
   if (!w.enabled) {
-    if (live && live.metadata.labels?.[MANAGED_BY_LABEL] === MANAGED_BY) {
+    if (live && live.metadata.labels?.[MANAGED_BY_LABEL] === MANAGED_BY && !w.configFromChart) {
       await ctx.client.delete(RESOURCES.ValidatingWebhookConfiguration, undefined, w.configName, { uid: live.metadata.uid });
       ctx.log.info("webhook off: removed its configuration", { name: w.configName });
     }
@@ -97,19 +118,39 @@ export async function reconcileWebhook(ctx: Context, w: WebhookConfig): Promise<
     const caWhy = ca ? renewalReason(ca.certPem, [], now) : "absent";
     const crt = unb64(d["tls.crt"]);
     const why = caWhy ? `CA ${caWhy}` : renewalReason(crt, hosts, now) ?? (crt && ca && !signedBy(crt, ca.certPem) ? "not signed by the CA" : undefined);
-    if (why) {
-      if (caWhy || !ca) ca = await createCA("mailfleet-operator-webhook-ca", { now });
-      const serving = await issueServing(hosts, { ca, now });
+    const owners = ownedByConfig(live);
+    const unowned = secret && owners && !secret.metadata.ownerReferences?.some((o) => o.uid === live!.metadata.uid);
+    if (why || unowned) {
+      let data = d;
+      if (why) {
+        if (caWhy || !ca) ca = await createCA("mailfleet-operator-webhook-ca", { now });
+        const serving = await issueServing(hosts, { ca, now });
+        data = { "ca.crt": b64(ca.certPem), "ca.key": b64(ca.keyPem), "tls.crt": b64(serving.certPem), "tls.key": b64(serving.keyPem) };
+      }
       const out = await applyOwned(ctx, {
         apiVersion: "v1", kind: "Secret",
-        metadata: { name: w.secretName, namespace: ns, labels: { [MANAGED_BY_LABEL]: MANAGED_BY } },
+        metadata: { name: w.secretName, namespace: ns, labels: { [MANAGED_BY_LABEL]: MANAGED_BY }, ...(owners ? { ownerReferences: owners } : {}) },
         type: "kubernetes.io/tls",
-        data: { "ca.crt": b64(ca.certPem), "ca.key": b64(ca.keyPem), "tls.crt": b64(serving.certPem), "tls.key": b64(serving.keyPem) },
+        data,
       }, ctx.inf.secrets);
-      ctx.log.info("issued the webhook serving certificate", { secretName: `${ns}/${w.secretName}`, hosts, reason: why, version: out.obj.metadata.resourceVersion });
+      if (why) ctx.log.info("issued the webhook serving certificate", { secretName: `${ns}/${w.secretName}`, hosts, reason: why, version: out.obj.metadata.resourceVersion });
     }
     caPem = ca?.certPem;
   }
-  await applyOwned(ctx, webhookConfiguration(w, caPem), ctx.inf.webhooks);
+  if (w.configFromChart) {
+    // Only the CA bundle: the rest is the chart's (a partial apply; the webhook is matched by name).
+    if (caPem) {
+      await applyOwned(ctx, {
+        apiVersion: "admissionregistration.k8s.io/v1", kind: "ValidatingWebhookConfiguration", metadata: { name: w.configName },
+        webhooks: [{ name: WEBHOOK_NAME, clientConfig: { caBundle: b64(caPem) } }],
+      } as KubeObject, ctx.inf.webhooks);
+    }
+  } else {
+    await applyOwned(ctx, webhookConfiguration(w, caPem), ctx.inf.webhooks);
+  }
+  // A Secret made before the configuration existed gets its owner on the next pass.
+  const secretNow = w.certManager ? undefined : ctx.inf.secrets.get(ns, w.secretName);
+  const cfgNow = ctx.inf.webhooks.get(undefined, w.configName);
+  if (secretNow && cfgNow?.metadata.uid && !secretNow.metadata.ownerReferences?.some((o) => o.uid === cfgNow.metadata.uid)) return { requeueAfterMs: 1000 };
   return { requeueAfterMs: 12 * 3_600_000 };
 }

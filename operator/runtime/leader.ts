@@ -11,6 +11,7 @@
 // client-node has no leader election (only the Lease model), hence this file.
 import { ApiError, type KubeClient, RESOURCES } from "./kube.ts";
 import type { Logger } from "./log.ts";
+import type { OwnerReference } from "./types.ts";
 
 type LeaseSpec = {
   holderIdentity?: string | null;
@@ -19,7 +20,7 @@ type LeaseSpec = {
   renewTime?: string | null;
   leaseTransitions?: number;
 };
-type Lease = { apiVersion: string; kind: string; metadata: { name: string; namespace: string; resourceVersion?: string }; spec?: LeaseSpec };
+type Lease = { apiVersion: string; kind: string; metadata: { name: string; namespace: string; resourceVersion?: string; ownerReferences?: OwnerReference[] }; spec?: LeaseSpec };
 
 export type LeaderOptions = {
   namespace: string;
@@ -30,6 +31,12 @@ export type LeaderOptions = {
   retryPeriodMs?: number;
   log: Logger;
   now?: () => number;
+  /**
+   * Owner references for the Lease, so it goes with what the operator was installed with (the
+   * chart's webhook configuration): the garbage collector removes a Lease whose owner is gone,
+   * even one written again after the uninstall began.
+   */
+  owners?: () => OwnerReference[] | undefined;
 };
 
 function microTime(ms: number): string {
@@ -47,7 +54,7 @@ export class LeaderElector {
 
   constructor(client: KubeClient, o: LeaderOptions) {
     this.client = client;
-    this.o = { leaseDurationMs: 15_000, renewDeadlineMs: 10_000, retryPeriodMs: 2_000, now: Date.now, ...o };
+    this.o = { leaseDurationMs: 15_000, renewDeadlineMs: 10_000, retryPeriodMs: 2_000, now: Date.now, owners: () => undefined, ...o };
   }
 
   isLeader(): boolean {
@@ -111,9 +118,10 @@ export class LeaderElector {
     };
     try {
       const lease = await this.client.get<Lease>(RESOURCES.Lease, namespace, name);
+      const owners = this.o.owners();
       if (!lease) {
         await this.client.create(RESOURCES.Lease, namespace, {
-          apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: { name, namespace }, spec: desired(undefined),
+          apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: { name, namespace, ...(owners ? { ownerReferences: owners } : {}) }, spec: desired(undefined),
         });
         this.observed = { record: "", at: now };
         return true;
@@ -125,7 +133,10 @@ export class LeaderElector {
       const duration = (spec.leaseDurationSeconds ?? leaseDurationMs / 1000) * 1000;
       if (held && this.observed.at + duration > now) return false;
       // A leader that cannot prove its renewals stopped (it still holds per our clock) never gets here.
-      const updated = await this.client.replace<Lease>(RESOURCES.Lease, namespace, name, { ...lease, spec: desired(spec) });
+      const adopt = owners && !owners.every((x) => lease.metadata.ownerReferences?.some((y) => y.uid === x.uid));
+      const updated = await this.client.replace<Lease>(RESOURCES.Lease, namespace, name, {
+        ...lease, ...(adopt ? { metadata: { ...lease.metadata, ownerReferences: owners } } : {}), spec: desired(spec),
+      });
       const s = updated.spec ?? {};
       this.observed = { record: `${s.holderIdentity ?? ""}|${s.renewTime ?? ""}|${s.leaseDurationSeconds ?? ""}`, at: now };
       return true;

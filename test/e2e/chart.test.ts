@@ -14,8 +14,11 @@ import { describe, it, before, after } from "node:test";
 import { parse, parseAllDocuments } from "yaml";
 import { FlagError, parseFlags } from "../../operator/config.ts";
 import { clusterRules, namespaceRules, type PolicyRule } from "../../operator/rbac.ts";
+import { webhookConfiguration } from "../../operator/controllers/webhook.ts";
 import { CHART_DIR, MONITORING_API_VERSIONS, PROJECT_ROOT, helm, mustHelm, renderChart, renderChartError, type K8sObject } from "../env/chart.ts";
 import { applyCRDsWithKubeconfig, startControlPlane, type ControlPlane } from "../env/controlplane.ts";
+import { startNats } from "../env/nats.ts";
+import { childEnv, freePorts, logTail, startProcess } from "../env/proc.ts";
 
 const NS = "mailfleet";
 const RELEASE = "mf";
@@ -62,7 +65,16 @@ describe("charts/mailfleet offline", () => {
       "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "ConfigMap",
       "CustomResourceDefinition", "CustomResourceDefinition", "CustomResourceDefinition", "CustomResourceDefinition",
       "Deployment", "Job", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount", "ServiceAccount",
+      "ValidatingWebhookConfiguration",
     ]);
+    // The webhook registration is the chart's (uninstall removes it): what the operator would make,
+    // less the CA bundle, which the operator sets (--webhook-config-from-chart).
+    const vwc = one(objs, "ValidatingWebhookConfiguration");
+    const theirs = webhookConfiguration({ enabled: true, port: 9443, configName: `${FULLNAME}-webhook`, secretName: `${FULLNAME}-webhook`, service: { namespace: NS, name: `${FULLNAME}-webhook`, port: 443 } }, undefined);
+    assert.equal(vwc.metadata.name, theirs.metadata.name);
+    assert.deepEqual(vwc.webhooks, theirs.webhooks);
+    assert.ok(operatorArgs(objs).includes("--webhook-config-from-chart=true"));
+    assert.deepEqual(byKind(await renderChart({ release: RELEASE, namespace: NS, set: ["webhook.enabled=false"] }), "ValidatingWebhookConfiguration"), []);
     const d = one(objs, "Deployment");
     assert.equal(d.spec.replicas, 2);
     const pod = d.spec.template.spec;
@@ -139,6 +151,7 @@ describe("charts/mailfleet offline", () => {
         assert.equal(cfg.operatorNamespace, NS);
         assert.equal(cfg.webhook.serviceName, `${FULLNAME}-webhook`);
         assert.equal(cfg.webhook.configName, `${FULLNAME}-webhook`);
+        assert.equal(cfg.webhook.configFromChart, true);
         assert.equal(cfg.metrics.port, 9400);
         if (valuesFiles.includes(PODMONITOR)) assert.deepEqual(cfg.namespaces, ["mail-tx", "mail-bulk"]);
         // relay.resources reaches the operator as the relays' default (an IPPool's own replaces it).
@@ -362,7 +375,74 @@ describe("charts/mailfleet on the local control plane", { timeout: 1_800_000 }, 
     schedule.metadata.namespace = "mail-tx";
     const created = await kube("POST", "/apis/mailfleet.io/v1alpha1/namespaces/mail-tx/warmupschedules", schedule);
     assert.equal(created.status, 201, created.body);
+
+    // What the operator makes at run time (the webhook's certificate Secret and CA bundle, the
+    // leader Lease): kwok's pods run nothing, so one replica runs here as a process with the
+    // chart's flags (the installed release's values), against this control plane and a real NATS.
+    const nats = await startNats({ dir: join(dir, "nats") });
+    const [metricsPort, webhookPort] = await freePorts(2);
+    const values = JSON.parse(await mustHelm(["get", "values", RELEASE, "-n", NS, "-a", "-o", "json"], { kubeconfig: cp.kubeconfigPath }));
+    const valuesFile = join(dir, "release-values.json");
+    writeFileSync(valuesFile, JSON.stringify(values));
+    const chartArgs = operatorArgs(await renderChart({ release: RELEASE, namespace: NS, valuesFiles: [valuesFile] })).filter((a) => !a.startsWith("--nats-creds"));
+    const logFile = join(dir, "operator.log");
+    const op = startProcess({
+      name: "operator", command: process.execPath, logFile, cwd: PROJECT_ROOT, env: childEnv({ POD_NAMESPACE: NS }),
+      args: [join(PROJECT_ROOT, "operator", "main.ts"), ...chartArgs, "--kubeconfig", cp.kubeconfigPath, `--nats=${nats.urls.join(",")}`,
+        "--metrics-host=127.0.0.1", `--metrics-port=${metricsPort}`, "--webhook-host=127.0.0.1", `--webhook-port=${webhookPort}`],
+    });
+    const webhookName = `${FULLNAME}-webhook`;
+    try {
+      const deadline = Date.now() + 120_000;
+      let state = "";
+      for (;;) {
+        const vwc = (await kube("GET", `/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/${webhookName}`)).json();
+        const secret = await kube("GET", `/api/v1/namespaces/${NS}/secrets/${webhookName}`);
+        const lease = await kube("GET", `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases/${FULLNAME}`);
+        const ownedByVwc = (o: any) => o?.metadata?.ownerReferences?.some((r: any) => r.kind === "ValidatingWebhookConfiguration" && r.uid === vwc.metadata.uid);
+        state = `caBundle ${Boolean(vwc.webhooks?.[0]?.clientConfig?.caBundle)}, Secret ${secret.status} owned ${secret.status === 200 && ownedByVwc(secret.json())}, Lease ${lease.status} owned ${lease.status === 200 && ownedByVwc(lease.json())}`;
+        if (state === "caBundle true, Secret 200 owned true, Lease 200 owned true") break;
+        if (op.exitCode() !== undefined) assert.fail(`the operator exited (${op.exitCode()}):\n${logTail(logFile, 40)}`);
+        if (Date.now() > deadline) assert.fail(`the operator's webhook objects within 120 s: ${state}\n${logTail(logFile, 40)}`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      const vwc = (await kube("GET", `/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/${webhookName}`)).json();
+      assert.equal(vwc.metadata.labels["app.kubernetes.io/managed-by"], "Helm", "the chart's registration; the operator set only its CA bundle");
+      assert.equal(vwc.webhooks[0].clientConfig.service.name, webhookName);
+    } finally {
+      await op.stop(30_000);
+      await nats.stop();
+    }
+
     await mustHelm(["uninstall", RELEASE, "-n", NS, "--wait"], { kubeconfig: cp.kubeconfigPath });
+    // Nothing of the operator's is left but the CRDs (kept by design) and what users made: the
+    // garbage collector removes what the webhook configuration owned.
+    const leftovers = async () => {
+      const left: string[] = [];
+      const names = async (path: string) => ((await kube("GET", path)).json().items ?? []).map((o: any) => o.metadata.name as string);
+      for (const [res, path] of [
+        ["Secret", `/api/v1/namespaces/${NS}/secrets`], ["ConfigMap", `/api/v1/namespaces/${NS}/configmaps`], ["Lease", `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases`],
+        ["ServiceAccount", `/api/v1/namespaces/${NS}/serviceaccounts`], ["Service", `/api/v1/namespaces/${NS}/services`], ["Deployment", `/apis/apps/v1/namespaces/${NS}/deployments`],
+        ["Job", `/apis/batch/v1/namespaces/${NS}/jobs`], ["Role", `/apis/rbac.authorization.k8s.io/v1/namespaces/${NS}/roles`], ["RoleBinding", `/apis/rbac.authorization.k8s.io/v1/namespaces/${NS}/rolebindings`],
+        ["PodDisruptionBudget", `/apis/policy/v1/namespaces/${NS}/poddisruptionbudgets`],
+      ] as const) {
+        for (const n of await names(path)) if (!["kube-root-ca.crt", "default"].includes(n)) left.push(`${res} ${NS}/${n}`);
+      }
+      for (const [res, path] of [
+        ["ValidatingWebhookConfiguration", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"],
+        ["ClusterRole", "/apis/rbac.authorization.k8s.io/v1/clusterroles"], ["ClusterRoleBinding", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"],
+      ] as const) {
+        for (const n of await names(path)) if (n.startsWith(FULLNAME) || n.startsWith("mailfleet")) left.push(`${res} ${n}`);
+      }
+      return left;
+    };
+    const deadline = Date.now() + 120_000;
+    let left = await leftovers();
+    while (left.length && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 1000));
+      left = await leftovers();
+    }
+    assert.deepEqual(left, [], "left behind by helm uninstall");
     assert.equal((await kube("GET", `/apis/apps/v1/namespaces/${NS}/deployments/${FULLNAME}`)).status, 404, "operator Deployment removed");
     assert.equal((await kube("GET", `/apis/rbac.authorization.k8s.io/v1/clusterroles/${FULLNAME}`)).status, 404, "ClusterRole removed");
     for (const crd of ["ippools", "sendingdomains", "warmupschedules", "mailboxproviders"]) {

@@ -29,6 +29,9 @@ describe("operator flags", () => {
     const c = parseFlags([...base, "--operator-namespace", "mailfleet-system"], { KUBERNETES_SERVICE_HOST: "10.0.0.1" });
     assert.equal(c.webhook.urlHost, undefined);
     assert.equal(c.webhook.serviceName, "mailfleet-operator-webhook");
+    assert.equal(c.webhook.configFromChart, false, "the operator makes its own registration unless the chart does");
+    assert.equal(parseFlags([...base, "--webhook-config-from-chart"], {}).webhook.configFromChart, true);
+    assert.equal(parseFlags([...base, "--webhook-config-from-chart=true"], {}).webhook.configFromChart, true);
   });
 
   it("parses lists, booleans, durations and relay variables", () => {
