@@ -126,7 +126,17 @@ test("bad input", { timeout: 1_800_000 }, async (t) => {
     await eventually("webhook configuration removed", async () => !(await env.get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/mailfleet-operator")));
     // What runs now.
     await eventually("pools and domain current", async () => (await Promise.all([path.pool(NS, "a"), path.pool(NS, "a2"), path.domain(NS, "d1")].map((p) => env.get(p)))).every(current));
-    const planBefore = await eventually("plan", () => env.plan());
+    // Every key of d1 made and in the plan first: an RSA key still generating (slow on a busy
+    // machine) would otherwise change the plan during the test and look like a disturbance.
+    const d1 = await eventually("d1's keys active", async () => {
+      const o = await env.get(path.domain(NS, "d1"));
+      return condition(o, "DKIMReady")?.status === "True" && o;
+    }, 180_000);
+    const active = (d1.status.dkim as { state: string }[]).filter((k) => k.state === "Active").length;
+    const planBefore = await eventually("plan with d1's active keys", async () => {
+      const p = await env.plan();
+      return p?.domains.find((d) => d.domain === "d1.val.test")?.dkim.length === active && p;
+    });
     const depA = await env.get(path.deployment(NS, "a"));
     const depA2 = await env.get(path.deployment(NS, "a2"));
     const entryA = planBefore.pools.find((p) => p.name === "a");
