@@ -100,14 +100,16 @@ export function endOfDay(spec: WarmupScheduleSpec, stages: Stage[], lane: LaneWa
   }
   const quota = stages[lane.stage]!.daily;
   const usage = today.attempted / quota;
-  if (usage < spec.advance.minUsage) {
+  // A day with attempts whose stage fails a gate is a failed day even when the lane could not use
+  // half its quota (a provider that defers keeps a lane from using it): only steps forward need use.
+  const gate = today.attempted > 0 ? failedGate(spec, totals) : null;
+  if (usage < spec.advance.minUsage && !gate) {
     return {
       next: { ...lane, stageTotals: totals },
       decision: "NotCounted",
       reason: `used ${today.attempted} of ${quota} (${pct(usage)}), below ${pct(spec.advance.minUsage)}: the day does not count`,
     };
   }
-  const gate = failedGate(spec, totals);
   if (gate) {
     const failedDays = lane.failedDays + 1;
     if (spec.onFailure.action === "StepBack" && failedDays >= spec.onFailure.stepBackAfter) {

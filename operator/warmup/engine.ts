@@ -128,7 +128,14 @@ export class WarmupEngine {
         return [];
       }
     }
-    return readLaneStates(this.shaperKv, { plan, now: this.o.ctx.now(), pool });
+    try {
+      return await readLaneStates(this.shaperKv, { plan, now: this.o.ctx.now(), pool });
+    } catch (err) {
+      // The bucket is made by the first relay that shapes; until then no rule is in force.
+      if (!/stream not found/i.test((err as Error).message)) throw err;
+      this.shaperKv = undefined;
+      return [];
+    }
   }
 
   async tick(): Promise<void> {

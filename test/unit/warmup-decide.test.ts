@@ -87,3 +87,11 @@ describe("reputation", () => {
     assert.equal(judgeReputation(policy, day(100), ["zen.example"], { state: "Healthy" }, now).state, "Blocked");
   });
 });
+
+describe("failed gates on a lane that cannot use its quota", () => {
+  it("a day under half the quota with deferrals over the gate is a failed day", () => {
+    const out = endOfDay(spec, stages, newLane(stages, 2), day(150, { delivered: 50, deferred: 100 }));
+    assert.equal(out.decision, "Held");
+    assert.match(out.reason, /deferral rate 66\.67%/);
+  });
+});
