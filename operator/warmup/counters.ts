@@ -208,6 +208,8 @@ export class CounterStore {
         while (!this.stopped) {
           const started = Date.now();
           const msgs: JsMsg[] = [];
+          // The shortest idle wait the client allows (1 s): a period closes only once a fetch found
+          // nothing left, and the plan with the next day's quotas waits for that.
           const it = await c.fetch({ max_messages: this.o.batch ?? 1000, expires: 1000 });
           for await (const m of it) msgs.push(m);
           if (msgs.length) await this.store(msgs);

@@ -31,7 +31,7 @@ export function settleMs(periodMs: number): number {
 
 /** Time between steps: often enough to close a period promptly and keep sentToday current. */
 export function tickMs(periodMs: number): number {
-  return Math.min(Math.max(periodMs / 20, 100), 10_000);
+  return Math.min(Math.max(periodMs / 40, 100), 10_000);
 }
 
 export type EngineOptions = {
