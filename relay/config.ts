@@ -40,6 +40,9 @@ export const relayEnv = z.object({
   MAILFLEET_DNS_SERVERS: list,
   /** SMTP port of receivers (25; tests point it elsewhere). */
   MAILFLEET_DELIVERY_PORT: port(25),
+  /** How long an envelope fetched by a relay that died stays invisible before another relay gets it
+   * (the ready queues' AckWait, relay/delivery/consumers.ts; live relays extend it while they work). */
+  MAILFLEET_DELIVERY_ACK_WAIT: duration("60s"),
   MAILFLEET_MAX_MESSAGE_SIZE: z.string().default("25Mi").transform((s) => parseQuantity(s)),
   /** SMTP listeners (submission and inbound), relay/README.md "Security": connections from all clients, and from one address. */
   MAILFLEET_SMTP_MAX_CONNECTIONS: count(5000),

@@ -133,6 +133,11 @@ export class Delivery implements Component {
     return this.#limiter;
   }
 
+  /** The ready queues' AckWait: the option, else MAILFLEET_DELIVERY_ACK_WAIT (hand-made test configs may lack it), else a minute. */
+  #ackWaitMs(): number {
+    return this.#o.ackWaitMs ?? this.#ctx.config.MAILFLEET_DELIVERY_ACK_WAIT ?? ACK_WAIT_MS;
+  }
+
   async start(ctx: RelayContext): Promise<void> {
     this.#ctx = ctx;
     this.#log = ctx.log.child("delivery");
@@ -218,7 +223,7 @@ export class Delivery implements Component {
     while (!loop.stopped && !this.#stopping) {
       if (!consumer) {
         try {
-          await ensureQueueConsumer(this.#ctx.jsm, durable, subjects.ready(pool, loop.provider), this.#o.ackWaitMs ?? ACK_WAIT_MS);
+          await ensureQueueConsumer(this.#ctx.jsm, durable, subjects.ready(pool, loop.provider), this.#ackWaitMs());
           consumer = await this.#ctx.js.consumers.get(STREAM_QUEUE, durable);
         } catch (err) {
           this.#log.warn("ready consumer unavailable", { provider: loop.provider, error: err as Error });
@@ -345,7 +350,7 @@ export class Delivery implements Component {
   }
 
   async #deliver(m: JsMsg, lane: LaneRef, given: number | null, free: () => void): Promise<void> {
-    const ackWait = this.#o.ackWaitMs ?? ACK_WAIT_MS;
+    const ackWait = this.#ackWaitMs();
     const keepalive = setInterval(() => m.working(), Math.max(1000, ackWait / 3));
     try {
       let env: Envelope;

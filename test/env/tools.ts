@@ -7,7 +7,9 @@
 //       node test/env/tools.ts list               print every tool, version and whether it is cached
 //
 // Go is only the build tool. Builds run one at a time (a lock directory in the cache serialises them
-// across processes, since the machines have 2 cores and a Kubernetes build alone fills them).
+// across processes, since the machines have 2 cores and a Kubernetes build alone fills them). Go's
+// build and module caches live in the same folder (go/build, go/mod): one folder to keep between CI
+// runs, and a new MAILFLEET_TOOLS_DIR gives a truly cold build (the way to measure one).
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, createWriteStream, statSync } from "node:fs";
 import { homedir } from "node:os";
@@ -42,6 +44,20 @@ export interface BuildContext {
 
 export function toolsDir(): string {
   return process.env.MAILFLEET_TOOLS_DIR || join(homedir(), ".cache", "mailfleet", "tools");
+}
+
+/**
+ * The environment of every go command here. -modcacherw: module files stay writable, so the tools
+ * folder can be deleted with rm -rf. Compiling without DWARF makes the build cache ~20% smaller (the
+ * linker's -s -w strips it from the binaries anyway; compile CPU measured the same).
+ */
+export function goEnv(): Record<string, string> {
+  return {
+    GOTOOLCHAIN: process.env.GOTOOLCHAIN ?? "local",
+    GOCACHE: join(toolsDir(), "go", "build"),
+    GOMODCACHE: join(toolsDir(), "go", "mod"),
+    GOFLAGS: "-buildvcs=false -modcacherw -trimpath -gcflags=all=-dwarf=false",
+  };
 }
 
 function minorOf(v: string): { major: string; minor: string } {
@@ -266,7 +282,7 @@ async function go(ctx: BuildContext, args: string[], opts: { cwd?: string; env?:
   out.write(`\n$ go ${args.join(" ")}\n`);
   const child = spawn("go", args, {
     cwd: opts.cwd ?? ctx.srcDir,
-    env: { ...process.env, GOTOOLCHAIN: process.env.GOTOOLCHAIN ?? "local", GOFLAGS: "-buildvcs=false", ...opts.env },
+    env: { ...process.env, ...goEnv(), ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stdout = "";

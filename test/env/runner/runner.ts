@@ -665,8 +665,10 @@ class PodRelay {
       const runEnv = { ...rewriteMountPaths(env, mounts, (m) => this.hostPathOf(m)) };
       const full = argv.map((a, i) => (i === 0 && a === "node" ? nodeBinary() : a));
       // The image's environment (node:24-slim's PATH, the Dockerfile's NODE_ENV), then the Pod's;
-      // nothing from the runner's own environment leaks in.
-      const processEnv: Record<string, string> = { PATH: `${dirname(nodeBinary())}:${IMAGE_PATH}`, NODE_ENV: "production", ...runEnv };
+      // nothing from the runner's own environment leaks in but Node's compile cache folder (set by
+      // npm test), which only makes the relay start faster (about half the CPU of loading modules).
+      const compileCache: Record<string, string> = process.env.NODE_COMPILE_CACHE ? { NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE } : {};
+      const processEnv: Record<string, string> = { PATH: `${dirname(nodeBinary())}:${IMAGE_PATH}`, NODE_ENV: "production", ...compileCache, ...runEnv };
       this.env = processEnv;
       this.argv = full;
       run = runProcess({ name, argv: full, env: processEnv, cwd: this.ctx.cwd, logFile: this.logFile });
