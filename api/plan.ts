@@ -114,6 +114,12 @@ export const domainPlan = z.object({
   }).loose(),
   submitRate: rate.nullable(),
   webhooks: z.array(z.object({ name: z.string(), url: z.string(), events: z.array(z.string()), keyName: z.string() }).loose()),
+  /**
+   * Set while the domain is paused on its bounce or complaint rates (SendingDomain
+   * status.reputation): its mail is still accepted, and relays hold its parts in the queue, unsent,
+   * until `until` (RFC 3339). Absent: the domain sends.
+   */
+  paused: z.object({ until: z.string(), reason: z.string() }).loose().optional(),
 }).loose();
 export type DomainPlan = z.infer<typeof domainPlan>;
 

@@ -125,8 +125,21 @@ export const dkimSelectorStatus = z.object({
 });
 export type DkimSelectorStatus = z.infer<typeof dkimSelectorStatus>;
 
+/** The domain's sending reputation, judged by the warm-up engine over its pool's reputation window. */
+export const domainReputationStatus = z.object({
+  state: z.enum(["Healthy", "Paused"]).describe("Paused: relays hold the domain's mail in the queue (still accepted) until `until`."),
+  until: z.string().max(40).optional().describe("When the pause ends (RFC 3339)."),
+  reason: z.string().max(1024).optional(),
+  warning: z.string().max(1024).optional().describe("A rate above its warning threshold, below the pause threshold."),
+  attempted: z.number().int().min(0).optional().describe("Recipients attempted at providers over the window."),
+  bounceRate: z.number().min(0).max(1).optional(),
+  complaintRate: z.number().min(0).max(1).nullable().optional().describe("null: no provider the domain sent to sends complaint reports."),
+});
+export type DomainReputationStatus = z.infer<typeof domainReputationStatus>;
+
 export const sendingDomainStatus = z.object({
   ...commonStatus,
+  reputation: domainReputationStatus.optional(),
   pool: z.string().max(253).optional(),
   dnsRecords: z.array(dnsRecordStatus).max(32).optional(),
   dkim: z.array(dkimSelectorStatus).max(16).optional(),

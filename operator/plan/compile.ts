@@ -139,8 +139,12 @@ function lanePlan(
   return lane;
 }
 
-function domainPlan(d: SendingDomain): DomainPlan {
+function domainPlan(d: SendingDomain, now: number, changes: number[]): DomainPlan {
   const s = d.spec;
+  // Paused by the warm-up engine on its rates; the plan changes by itself when the pause ends.
+  const rep = d.status?.reputation;
+  const paused = rep?.state === "Paused" && rep.until && Date.parse(rep.until) > now ? { until: rep.until, reason: rep.reason ?? "paused on its rates" } : undefined;
+  if (paused) changes.push(Date.parse(paused.until));
   const ns = d.metadata.namespace ?? "";
   const active = (d.status?.dkim ?? []).filter((k) => k.state === "Active");
   return {
@@ -171,6 +175,7 @@ function domainPlan(d: SendingDomain): DomainPlan {
     },
     submitRate: s.senders.rateLimit ? parseRate(s.senders.rateLimit) : null,
     webhooks: s.webhooks.map((w) => ({ name: w.name, url: w.url, events: [...w.events], keyName: webhookKeyName(s.domain, w.name) })),
+    ...(paused ? { paused } : {}),
   };
 }
 
@@ -236,7 +241,7 @@ export function compilePlan(input: CompileInput): CompileResult {
       continue;
     }
     admittedDomains.push(d);
-    domains.push(domainPlan(d));
+    domains.push(domainPlan(d, now, changes));
   }
   domains.sort((a, b) => a.domain.localeCompare(b.domain));
 

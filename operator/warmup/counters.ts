@@ -28,8 +28,11 @@ const KEEP_MS = 8 * 86_400_000;
 /** Raw counts of one lane in one period (complaints always a number here; blindness is applied when read). */
 export type RawCounts = { attempted: number; delivered: number; deferred: number; bounced: number; complaints: number };
 
-/** One stored key: every lane of a pool in one period. */
-export type PeriodDoc = { seq: number; lanes: Record<string, RawCounts> };
+/**
+ * One stored key: every lane of a pool in one period, and the same counts per sending domain and
+ * provider (`domain/provider`: the provider says whether complaints are known), for domain pauses.
+ */
+export type PeriodDoc = { seq: number; lanes: Record<string, RawCounts>; domains?: Record<string, RawCounts> };
 
 export function periodOf(timeMs: number, periodMs: number, dayZero = 0): number {
   return Math.floor((timeMs - dayZero) / periodMs);
@@ -45,7 +48,7 @@ export function counterKey(pool: string, periodMs: number, period: number): stri
  * What one event adds to its lane, or null when it adds nothing: only outcomes of the SMTP
  * dialogue (the provider saw the recipients) and complaints, and only with a known lane.
  */
-export function laneDelta(e: MailEvent): { pool: string; lane: string; time: number; delta: RawCounts } | null {
+export function laneDelta(e: MailEvent): { pool: string; lane: string; domain?: string; time: number; delta: RawCounts } | null {
   if (!e.source || !e.provider || !e.pool) return null;
   const n = Math.max(e.rcpts?.length ?? 0, 1);
   const d: RawCounts = { attempted: 0, delivered: 0, deferred: 0, bounced: 0, complaints: 0 };
@@ -72,7 +75,7 @@ export function laneDelta(e: MailEvent): { pool: string; lane: string; time: num
   }
   const time = Date.parse(e.time);
   if (!Number.isFinite(time)) return null;
-  return { pool: e.pool, lane: `${e.source}/${e.provider}`, time, delta: d };
+  return { pool: e.pool, lane: `${e.source}/${e.provider}`, ...(e.domain ? { domain: `${e.domain.toLowerCase()}/${e.provider}` } : {}), time, delta: d };
 }
 
 export function addRaw(a: RawCounts | undefined, b: RawCounts): RawCounts {
@@ -84,11 +87,13 @@ export function addRaw(a: RawCounts | undefined, b: RawCounts): RawCounts {
 }
 
 /** Adds messages (seq, delta) to a stored doc; those at or below its seq are already in it. */
-export function applyToDoc(doc: PeriodDoc | null, items: { seq: number; lane: string; delta: RawCounts }[]): PeriodDoc {
+export function applyToDoc(doc: PeriodDoc | null, items: { seq: number; lane: string; domain?: string; delta: RawCounts }[]): PeriodDoc {
   const out: PeriodDoc = { seq: doc?.seq ?? 0, lanes: { ...(doc?.lanes ?? {}) } };
+  if (doc?.domains || items.some((it) => it.domain)) out.domains = { ...(doc?.domains ?? {}) };
   for (const it of items) {
     if (it.seq <= (doc?.seq ?? 0)) continue;
     out.lanes[it.lane] = addRaw(out.lanes[it.lane], it.delta);
+    if (it.domain) out.domains![it.domain] = addRaw(out.domains![it.domain], it.delta);
     out.seq = Math.max(out.seq, it.seq);
   }
   return out;
@@ -227,7 +232,7 @@ export class CounterStore {
   /** Stores a batch's counts (compare-and-set per key), then acks it; on failure the batch is redelivered. */
   private async store(msgs: JsMsg[]): Promise<void> {
     const kv = await this.bucket();
-    const byKey = new Map<string, { seq: number; lane: string; delta: RawCounts }[]>();
+    const byKey = new Map<string, { seq: number; lane: string; domain?: string; delta: RawCounts }[]>();
     for (const m of msgs) {
       let d: ReturnType<typeof laneDelta> = null;
       try {
@@ -239,7 +244,7 @@ export class CounterStore {
       const periodMs = this.o.periodMsOf(d.pool);
       const key = counterKey(d.pool, periodMs, periodOf(d.time, periodMs));
       const list = byKey.get(key) ?? [];
-      list.push({ seq: m.seq, lane: d.lane, delta: d.delta });
+      list.push({ seq: m.seq, lane: d.lane, ...(d.domain ? { domain: d.domain } : {}), delta: d.delta });
       byKey.set(key, list);
     }
     try {

@@ -1,28 +1,31 @@
 // The warm-up engine (leader only): on a timer sized to the shortest warm-up period, for each pool
-// with a warmupScheduleRef, it reads the stored state and the counters (counters.ts), runs the
-// pure step (lanes.ts), stores the new state with compare-and-set (so a second replica, or a
-// restart, never closes a day twice), records Events, and writes IPPool status.lanes with
-// server-side apply under its own field manager, only when something changed. A status change
-// reaches the plan through the IPPool watch (operator/manager.ts recompiles at once when a lane's
-// stage or state changed), and so reaches the relays' shapers.
+// (warming or not: every lane is judged on its reputation), it reads the stored state and the
+// counters (counters.ts), runs the pure step (lanes.ts), stores the new state with compare-and-set
+// (so a second replica, or a restart, never closes a day twice), records Events, and writes IPPool
+// status.lanes with server-side apply under its own field manager, only when something changed. A
+// status change reaches the plan through the IPPool watch (operator/manager.ts recompiles at once
+// when a lane's stage or state changed), and so reaches the relays' shapers. Then it judges each
+// SendingDomain over the same counters (domains.ts) and writes its status.reputation and
+// SendingPaused condition; a paused domain's mail waits in the queue (api/plan.ts DomainPlan.paused).
 import { type KV, Kvm } from "@nats-io/kv";
 import { StorageType, jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Plan } from "../../api/plan.ts";
 import { parseDuration } from "../../api/units.ts";
-import { type IPPool, LANE_STATES, type WarmupSchedule, objectId } from "../../api/v1alpha1/index.ts";
+import { type DomainReputationStatus, type IPPool, LANE_STATES, type SendingDomain, type WarmupSchedule, objectId } from "../../api/v1alpha1/index.ts";
 import { token } from "../../relay/queue/topology.ts";
 import { SHAPER_BUCKET } from "../../relay/shaper/keys.ts";
 import { type LaneRuleState, readLaneStates } from "../../relay/shaper/state.ts";
 import type { Context } from "../controllers/context.ts";
 import { statusDiffers } from "../runtime/conditions.ts";
+import { conditionsFor } from "../controllers/context.ts";
 import type { KubeObject } from "../runtime/types.ts";
 import type { CounterStore, PeriodDoc } from "./counters.ts";
-import { type EngineState, type PoolStatusLanes, periodsNeeded, policyOf, stepPool } from "./lanes.ts";
+import { type EngineState, DEFAULT_PERIOD_MS, type PoolStatusLanes, periodsNeeded, policyOf, stepPool } from "./lanes.ts";
+import { type CounterSource, DOMAIN_PAUSED_CONDITION, domainWindow, stepDomain } from "./domains.ts";
 
 export const WARMUP_STATE_BUCKET = "mailfleet-warmup-state";
 export const WARMUP_FIELD_MANAGER = "mailfleet-warmup";
-const DAY_MS = 86_400_000;
 
 /** How long after a period ends its late events may still arrive (relays publish right after the dialogue). */
 export function settleMs(periodMs: number): number {
@@ -61,12 +64,12 @@ export class WarmupEngine {
     this.o = o;
   }
 
-  /** The warm-up period of a pool (namespace/name): its schedule's, else a day. */
+  /** The warm-up period of a pool (namespace/name): its schedule's, else a day (DEFAULT_PERIOD_MS). */
   periodMsOf(poolId: string): number {
     const [ns, name] = poolId.split("/");
     const pool = this.o.ctx.world.pool(ns!, name!);
     const s = pool ? this.scheduleOf(pool) : undefined;
-    return s ? parseDuration(s.spec.period) : DAY_MS;
+    return s ? parseDuration(s.spec.period) : DEFAULT_PERIOD_MS;
   }
 
   private scheduleOf(pool: IPPool): WarmupSchedule | undefined {
@@ -99,15 +102,16 @@ export class WarmupEngine {
 
   private nextTickMs(): number {
     let ms = 10_000;
-    for (const p of this.warmingPools()) {
+    for (const p of this.livePools()) {
       const s = this.scheduleOf(p);
       if (s) ms = Math.min(ms, tickMs(parseDuration(s.spec.period)));
     }
     return ms;
   }
 
-  private warmingPools(): IPPool[] {
-    return this.o.ctx.world.pools().filter((p) => p.spec.warmupScheduleRef && !p.metadata.deletionTimestamp);
+  /** Every pool: warming ones follow their schedule, and every lane is judged on its reputation. */
+  private livePools(): IPPool[] {
+    return this.o.ctx.world.pools().filter((p) => !p.metadata.deletionTimestamp);
   }
 
   private async bucket(): Promise<KV> {
@@ -139,13 +143,15 @@ export class WarmupEngine {
   }
 
   async tick(): Promise<void> {
-    const pools = this.warmingPools();
+    const pools = this.livePools();
     const live = new Set<string>();
+    const sources: CounterSource[] = [];
     for (const pool of pools) {
       const id = objectId(pool.metadata);
       live.add(id);
       try {
-        await this.syncPool(pool);
+        const src = await this.syncPool(pool);
+        if (src) sources.push(src);
         this.warned.delete(id);
       } catch (err) {
         const m = (err as Error).message;
@@ -154,29 +160,31 @@ export class WarmupEngine {
       }
     }
     for (const id of [...this.gauges.keys()]) if (!live.has(id)) this.setGauges(id, null);
+    // Only counters every pool could be read from: a domain judged on part of its mail could resume too early.
+    if (sources.length === pools.length) await this.syncDomains(sources);
   }
 
-  /** One step for one pool. */
-  async syncPool(pool: IPPool): Promise<void> {
+  /** One step for one pool; returns the pool's counters (what its domains' windows read), null when it could not step. */
+  async syncPool(pool: IPPool): Promise<CounterSource | null> {
     const { ctx } = this.o;
     const schedule = this.scheduleOf(pool);
-    if (!schedule) return;
+    if (pool.spec.warmupScheduleRef && !schedule) return null; // the schedule is not there (yet): judged once it is
     const id = objectId(pool.metadata);
-    const periodMs = parseDuration(schedule.spec.period);
+    const periodMs = schedule ? parseDuration(schedule.spec.period) : DEFAULT_PERIOD_MS;
     const now = ctx.now();
     const kv = await this.bucket();
     const key = `s.${token(id).replaceAll("~", "=")}`;
     const entry = await kv.get(key);
     const state = entry && entry.operation === "PUT" && entry.value.length ? entry.json<EngineState>() : null;
-    const policy = policyOf(pool, schedule.spec);
+    const policy = policyOf(pool, schedule?.spec ?? null);
     const docs = new Map<number, PeriodDoc | null>();
     for (const p of periodsNeeded(state, now, periodMs, policy.windowMs)) docs.set(p, await this.o.counters.read(id, periodMs, p));
     const plan = this.o.plan();
     const providers = (plan?.providers ?? []).map((p) => ({ name: p.name, feedbackLoop: p.feedbackLoop }));
-    if (!providers.length) return; // no plan yet: lanes are not known
+    if (!providers.length) return null; // no plan yet: lanes are not known
     const caughtUp = this.o.counters.caughtUpAt;
     const out = stepPool({
-      pool, schedule: schedule.spec, providers, state, now,
+      pool, schedule: schedule?.spec ?? null, providers, state, now,
       counts: (p) => docs.get(p) ?? null,
       canClose: (p) => caughtUp >= (p + 1) * periodMs + settleMs(periodMs) && now >= (p + 1) * periodMs + settleMs(periodMs),
       rules: await this.rules(id, plan),
@@ -190,13 +198,67 @@ export class WarmupEngine {
         else await kv.create(key, value);
       } catch (err) {
         ctx.log.info("warm-up: state changed under this step; it runs again", { pool: id, error: (err as Error).message });
-        return;
+        return null;
       }
     }
     const raw = ctx.inf.pools.get(pool.metadata.namespace, pool.metadata.name);
     if (raw) for (const n of out.notices) ctx.events.event(raw, n.type, n.reason, n.note, "Warmup");
     this.setGauges(id, out.status);
     if (raw) await this.writeStatus(raw, out.status);
+    return { pool: id, periodMs, counts: (p) => docs.get(p) ?? null };
+  }
+
+  /**
+   * Judges every SendingDomain over the counters of every pool (its mail may have gone through an
+   * overflow pool) within its own pool's window, and writes status.reputation and the SendingPaused
+   * condition when they changed, with an Event when the domain paused or resumed.
+   */
+  private async syncDomains(sources: CounterSource[]): Promise<void> {
+    const { ctx } = this.o;
+    const plan = this.o.plan();
+    const providers = (plan?.providers ?? []).map((p) => ({ name: p.name, feedbackLoop: p.feedbackLoop }));
+    if (!providers.length) return;
+    const now = ctx.now();
+    for (const d of ctx.world.domains() as SendingDomain[]) {
+      if (d.metadata.deletionTimestamp) continue;
+      const ns = d.metadata.namespace ?? "";
+      const id = objectId(d.metadata);
+      const pool = ctx.world.pool(ns, d.spec.poolRef.name);
+      if (!pool) continue;
+      try {
+        const policy = policyOf(pool, this.scheduleOf(pool)?.spec ?? null);
+        // A pool's step read its own window; a longer window of this domain's pool reads the rest here.
+        const full: CounterSource[] = [];
+        for (const src of sources) {
+          const extra = new Map<number, PeriodDoc | null>();
+          const cur = Math.floor(now / src.periodMs);
+          for (let p = Math.floor((now - policy.windowMs) / src.periodMs); p <= cur; p++) {
+            if (src.counts(p) === null && src.pool) extra.set(p, await this.o.counters.read(src.pool, src.periodMs, p));
+          }
+          full.push({ periodMs: src.periodMs, counts: (p) => src.counts(p) ?? extra.get(p) ?? null });
+        }
+        const window = domainWindow(d.spec.domain, providers, full, now, policy.windowMs);
+        const step = stepDomain(policy, window, d.status?.reputation, now);
+        const raw = ctx.inf.domains.get(ns, d.metadata.name);
+        if (!raw) continue;
+        const { conditions } = conditionsFor(raw, [step.condition], [DOMAIN_PAUSED_CONDITION], now);
+        if (!statusDiffers(raw.status as Record<string, unknown> | undefined, { reputation: step.reputation, conditions })) continue;
+        // Server-side apply of only what the engine owns: the domain controller's conditions stay
+        // (a map list), and a reputation field no longer set (until, warning) is removed.
+        const ours = conditions.filter((c) => c.type === DOMAIN_PAUSED_CONDITION);
+        const out = await ctx.client.apply({
+          apiVersion: raw.apiVersion, kind: raw.kind, metadata: { name: raw.metadata.name, namespace: raw.metadata.namespace },
+          status: { reputation: step.reputation satisfies DomainReputationStatus, conditions: ours },
+        } as KubeObject, { sub: "status", fieldManager: WARMUP_FIELD_MANAGER });
+        ctx.inf.domains.upsert(out);
+        this.writes++;
+        if (step.notice) ctx.events.event(raw, step.notice.type, step.notice.reason, `${d.spec.domain}: ${step.notice.note}`, "Warmup");
+      } catch (err) {
+        const m = (err as Error).message;
+        if (this.warned.get(id) !== m) ctx.log.warn("warm-up: domain step failed; retrying", { sendingdomain: id, error: m });
+        this.warned.set(id, m);
+      }
+    }
   }
 
   private async writeStatus(raw: KubeObject, status: PoolStatusLanes): Promise<void> {

@@ -8,6 +8,8 @@
 // - Reputation is judged every step over a rolling window, per lane and per address (the sum of
 //   the address's lanes: a provider complaining about an IP pauses every lane of the IP); a pause
 //   ends after resumeAfter and the lane resumes one step back (unless held by hand).
+// - A pool without a schedule (warm addresses) is judged the same way, over counters kept per
+//   DEFAULT_PERIOD_MS; its lanes have no stage or quota, and a pause ends at the same volume.
 import type { LaneStatus, IPPool, Stage, WarmupScheduleSpec } from "../../api/v1alpha1/index.ts";
 import { laneKey } from "../../api/v1alpha1/index.ts";
 import { parseDuration } from "../../api/units.ts";
@@ -18,7 +20,8 @@ import {
   type LaneCounters, type LaneWarmup, type ReputationPolicy, type ReputationState, ZERO, addCounters, endOfDay, judgeReputation, newLane, rates,
 } from "./decide.ts";
 
-export type LaneRecord = { w: LaneWarmup; rep: ReputationState; decision?: string; reason?: string };
+/** w: the lane's warm-up (absent when the pool does not warm up). */
+export type LaneRecord = { w?: LaneWarmup; rep: ReputationState; decision?: string; reason?: string };
 
 export type EngineState = {
   v: 1;
@@ -33,11 +36,18 @@ export type EngineState = {
 
 export type Notice = { type: "Normal" | "Warning"; reason: "Advanced" | "Held" | "SteppedBack" | "Paused" | "Resumed" | "Blocked" | "Manual"; note: string };
 
-export type PoolStatusLanes = { lanes: LaneStatus[]; warmupDay: string; lanesHealthy: number; lanesTotal: number };
+/** warmupDay: absent when the pool does not warm up. */
+export type PoolStatusLanes = { lanes: LaneStatus[]; warmupDay?: string; lanesHealthy: number; lanesTotal: number };
+
+/** The counters' period of a pool without a schedule: rates are judged over windows of such periods. */
+export const DEFAULT_PERIOD_MS = 86_400_000;
+/** Rates are judged over at least this many attempts when no schedule says (a schedule's default too). */
+export const DEFAULT_MIN_SAMPLE = 20;
 
 export type StepInput = {
   pool: IPPool;
-  schedule: WarmupScheduleSpec;
+  /** null: the pool does not warm up (reputation only). */
+  schedule: WarmupScheduleSpec | null;
   /** Providers of the plan (lanes are addresses x providers), with whether they send complaint reports. */
   providers: { name: string; feedbackLoop: boolean }[];
   state: EngineState | null;
@@ -59,7 +69,7 @@ export function stagesOf(schedule: WarmupScheduleSpec, provider: string): Stage[
   return schedule.providers.find((p) => p.provider === provider)?.stages ?? schedule.stages;
 }
 
-export function policyOf(pool: IPPool, schedule: WarmupScheduleSpec): ReputationPolicy {
+export function policyOf(pool: IPPool, schedule: WarmupScheduleSpec | null): ReputationPolicy {
   const r = pool.spec.reputation;
   return {
     windowMs: parseDuration(r.window),
@@ -68,7 +78,7 @@ export function policyOf(pool: IPPool, schedule: WarmupScheduleSpec): Reputation
     warnComplaintRate: r.warnComplaintRate,
     pauseComplaintRate: r.pauseComplaintRate,
     resumeAfterMs: parseDuration(r.resumeAfter),
-    minSample: schedule.advance.minSample,
+    minSample: schedule?.advance.minSample ?? DEFAULT_MIN_SAMPLE,
   };
 }
 
@@ -88,18 +98,25 @@ function clampStage(stages: Stage[], s: number): number {
   return Math.min(Math.max(Math.trunc(s), 0), stages.length - 1);
 }
 
-/** A state from what status says, when the stored state is gone (so status can rebuild it). */
-export function stateFromStatus(pool: IPPool, periodMs: number, now: number, stagesFor: (provider: string) => Stage[]): EngineState {
+/** A state from what status says, when the stored state is gone (so status can rebuild it); stagesFor null: no warm-up. */
+export function stateFromStatus(pool: IPPool, periodMs: number, now: number, stagesFor: ((provider: string) => Stage[]) | null): EngineState {
   const st = pool.status;
   const open = st?.warmupDay ? periodOf(Date.parse(st.warmupDay), periodMs) : periodOf(now, periodMs);
   const lanes: Record<string, LaneRecord> = {};
   for (const l of st?.lanes ?? []) {
+    const rep: ReputationState = l.state === "Paused" || l.state === "Blocked"
+      ? { state: l.state, ...(l.until ? { until: l.until } : {}), ...(l.reason ? { reason: l.reason } : {}) }
+      : { state: "Healthy" };
+    if (!stagesFor) {
+      lanes[laneKey(l.address, l.provider)] = { rep, ...(l.decision ? { decision: l.decision } : {}), ...(l.reason ? { reason: l.reason } : {}) };
+      continue;
+    }
     if (l.stage === undefined) continue;
     const stages = stagesFor(l.provider);
     const w = newLane(stages, clampStage(stages, l.stage));
     lanes[laneKey(l.address, l.provider)] = {
       w: { ...w, day: l.day ?? w.day, stageStartedDay: l.stageStartedDay ?? w.stageStartedDay, failedDays: l.failedDays ?? 0, held: l.held ?? false },
-      rep: l.state === "Paused" || l.state === "Blocked" ? { state: l.state, ...(l.until ? { until: l.until } : {}), ...(l.reason ? { reason: l.reason } : {}) } : { state: "Healthy" },
+      rep,
       ...(l.decision ? { decision: l.decision } : {}),
       ...(l.reason ? { reason: l.reason } : {}),
     };
@@ -109,13 +126,14 @@ export function stateFromStatus(pool: IPPool, periodMs: number, now: number, sta
 
 export function stepPool(inp: StepInput): StepOutput {
   const { pool, schedule, now } = inp;
-  const periodMs = parseDuration(schedule.period);
+  const periodMs = schedule ? parseDuration(schedule.period) : DEFAULT_PERIOD_MS;
   const cur = periodOf(now, periodMs);
   const uid = pool.metadata.uid ?? "";
-  const stagesFor = (provider: string) => stagesOf(schedule, provider);
+  // Only called where schedule is set (warming lanes).
+  const stagesFor = (provider: string) => stagesOf(schedule!, provider);
   let st: EngineState = inp.state && inp.state.uid === uid
     ? structuredClone(inp.state)
-    : stateFromStatus(pool, periodMs, now, stagesFor);
+    : stateFromStatus(pool, periodMs, now, schedule ? stagesFor : null);
   if (st.periodMs !== periodMs) st = { ...st, periodMs, open: cur };
   if (st.open > cur) st.open = cur;
   const notices: Notice[] = [];
@@ -128,9 +146,14 @@ export function stepPool(inp: StepInput): StepOutput {
   // Lanes: made at the first stage, overrides applied, gone ones dropped.
   const lanes: Record<string, LaneRecord> = {};
   for (const { key, provider } of keys) {
+    const rec: LaneRecord = st.lanes[key] ?? { rep: { state: "Healthy" } };
+    lanes[key] = rec;
+    if (!schedule) {
+      delete rec.w;
+      continue;
+    }
     const stages = stagesFor(provider);
-    const rec: LaneRecord = st.lanes[key] ?? { w: newLane(stages), rep: { state: "Healthy" } };
-    rec.w = { ...rec.w, stage: clampStage(stages, rec.w.stage) };
+    rec.w = rec.w ? { ...rec.w, stage: clampStage(stages, rec.w.stage) } : newLane(stages);
     const ov = overrides[key];
     if (ov?.stage !== undefined && Number.isFinite(ov.stage) && clampStage(stages, ov.stage) !== rec.w.stage) {
       const s = clampStage(stages, ov.stage);
@@ -146,24 +169,25 @@ export function stepPool(inp: StepInput): StepOutput {
       rec.reason = held ? `held by hand${ov?.by ? ` by ${ov.by}` : ""}: no automatic change` : "released by hand: the warm-up continues";
       notices.push({ type: "Normal", reason: "Manual", note: `${key}: ${rec.reason}` });
     }
-    lanes[key] = rec;
   }
   st.lanes = lanes;
 
   // Close every period that ended and is fully counted, oldest first, each once.
   if (cur - st.open > MAX_CATCHUP) st.open = cur - MAX_CATCHUP;
-  while (st.open < cur && inp.canClose(st.open)) {
+  if (!schedule) st.open = cur; // no warm-up days to close
+  while (schedule && st.open < cur && inp.canClose(st.open)) {
     const doc = inp.counts(st.open);
     for (const { key, provider } of keys) {
       const rec = st.lanes[key]!;
       const stages = stagesFor(provider);
       const today = countersOf(doc?.lanes[key], fbl.get(provider) ?? false);
+      const w = rec.w!;
       if (rec.rep.state !== "Healthy") {
         // A paused or blocked lane's day does not count (its rates still go into the stage).
-        rec.w = { ...rec.w, stageTotals: addCounters(rec.w.stageTotals, today) };
+        rec.w = { ...w, stageTotals: addCounters(w.stageTotals, today) };
         continue;
       }
-      const out = endOfDay(schedule, stages, rec.w, today);
+      const out = endOfDay(schedule, stages, w, today);
       rec.w = out.next;
       rec.decision = out.decision;
       rec.reason = out.reason;
@@ -226,13 +250,15 @@ export function stepPool(inp: StepInput): StepOutput {
       rec.reason = r.reason!;
       notices.push({ type: "Warning", reason: "Blocked", note: `${key}: ${r.reason}` });
     } else if (r.state === "Healthy" && before.state !== "Healthy") {
-      const stages = stagesFor(provider);
-      if (before.state === "Paused" && !rec.w.held) {
+      if (before.state === "Paused" && schedule && rec.w && !rec.w.held) {
+        const stages = stagesFor(provider);
         const s = Math.max(0, rec.w.stage - schedule.onFailure.stepBackBy);
         rec.w = { ...newLane(stages, s), held: false };
         rec.reason = `pause ended (${before.reason ?? "rates"}): resumed at stage ${s} (${stages[s]!.daily}/day)`;
+      } else if (before.state === "Blocked") {
+        rec.reason = "no longer listed on a blocklist: sending again";
       } else {
-        rec.reason = before.state === "Blocked" ? "no longer listed on a blocklist: sending again" : "pause ended: resumed at the same stage (held by hand)";
+        rec.reason = rec.w ? "pause ended: resumed at the same stage (held by hand)" : `pause ended (${before.reason ?? "rates"}): sending again`;
       }
       rec.decision = "Resumed";
       notices.push({ type: "Normal", reason: "Resumed", note: `${key}: ${rec.reason}` });
@@ -245,20 +271,25 @@ export function stepPool(inp: StepInput): StepOutput {
   const out: LaneStatus[] = [];
   for (const { key, address, provider } of keys) {
     const rec = st.lanes[key]!;
-    const stages = stagesFor(provider);
     const ov = overrides[key];
-    const stage = ov?.stage !== undefined && Number.isFinite(ov.stage) ? clampStage(stages, ov.stage) : rec.w.stage;
     const feedback = fbl.get(provider) ?? false;
     const live = countersOf(today?.lanes[key], feedback);
-    const totals = addCounters(rec.w.stageTotals, live);
+    // A warming lane's rates are the stage's (what its gates judge); a warm lane's the window's.
+    const totals = rec.w ? addCounters(rec.w.stageTotals, live) : windows.get(key)!;
     const r = rates(totals);
+    let warmup: Partial<LaneStatus> = {};
+    if (rec.w) {
+      const stages = stagesFor(provider);
+      const stage = ov?.stage !== undefined && Number.isFinite(ov.stage) ? clampStage(stages, ov.stage) : rec.w.stage;
+      warmup = { stage, day: rec.w.day, dailyQuota: stages[stage]!.daily, hourlyQuota: hourlyOf(stages[stage]!) };
+    }
     const lane: LaneStatus = {
       address, provider, state: "Healthy",
-      stage, day: rec.w.day, dailyQuota: stages[stage]!.daily, hourlyQuota: hourlyOf(stages[stage]!), sentToday: live.attempted,
+      ...warmup, sentToday: live.attempted,
       ...(totals.attempted > 0 ? { bounceRate: round(r.bounceRate), deferralRate: round(r.deferralRate) } : {}),
       // null says the gate is blind (no feedback loop), which is not the same as no complaints.
       ...(r.complaintRate === null ? { complaintRate: null } : totals.delivered > 0 ? { complaintRate: round(r.complaintRate) } : {}),
-      failedDays: rec.w.failedDays, stageStartedDay: rec.w.stageStartedDay, held: rec.w.held,
+      ...(rec.w ? { failedDays: rec.w.failedDays, stageStartedDay: rec.w.stageStartedDay, held: rec.w.held } : {}),
       ...(rec.decision ? { decision: rec.decision } : {}),
       ...(rec.reason ? { reason: rec.reason.slice(0, 1024) } : {}),
     };
@@ -279,14 +310,14 @@ export function stepPool(inp: StepInput): StepOutput {
     } else if (rec.rep.warning) {
       lane.reason = `${lane.reason ? `${lane.reason}; ` : ""}warning: ${rec.rep.warning}`.slice(0, 1024);
     }
-    if (rec.w.held || ov?.hold) lane.manual = true;
+    if (rec.w?.held || ov?.hold) lane.manual = true;
     out.push(lane);
   }
   return {
     state: st,
     status: {
       lanes: out,
-      warmupDay: new Date(st.open * periodMs).toISOString(),
+      ...(schedule ? { warmupDay: new Date(st.open * periodMs).toISOString() } : {}),
       lanesHealthy: out.filter((l) => l.state === "Healthy").length,
       lanesTotal: out.length,
     },

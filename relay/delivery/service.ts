@@ -29,6 +29,7 @@ import { Outcomes, type Suppressor } from "./outcomes.ts";
 import { NoConnectionSlot, SessionPool } from "./smtp.ts";
 import { suppressorFor } from "./suppress.ts";
 import { moveToOverflow } from "./overflow.ts";
+import { holdPart, holdUntil, pauseOf } from "./paused.ts";
 
 export interface DeliveryOptions {
   /** The lane limiter (default: per relay, relay/shaper/local.ts). */
@@ -359,6 +360,19 @@ export class Delivery implements Component {
       } catch (err) {
         this.#log.error("ready: undecodable envelope terminated", { seq: m.seq, error: err as Error });
         m.term();
+        return;
+      }
+      const pause = pauseOf(this.#ctx.plan()?.domains.get(env.domain.toLowerCase()), this.#ctx.clock.now());
+      if (pause) {
+        // The sending domain is paused on its rates: the part waits in the queue until the pause ends.
+        if (given !== null) this.#limiter.release(lane, [given]);
+        try {
+          await holdPart(this.#ctx.js, env, holdUntil(pause.until, this.#ctx.clock.now()));
+          m.ack();
+        } catch (err) {
+          this.#log.warn("cannot hold a paused domain's part; it is redelivered", { qid: env.id, domain: env.domain, error: err as Error });
+          m.nak(5000);
+        }
         return;
       }
       // The body is read while the send slot is awaited.
