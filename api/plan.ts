@@ -84,8 +84,13 @@ export const poolPlan = z.object({
   }).loose()),
   egress: z.object({ mode: z.enum(["HostNetwork", "PerAddress"]), bindAddress: z.boolean() }).loose(),
   overflowPool: z.string().nullable(),
-  /** Warm-up windows: day n starts at dayZero + n * periodMs. */
-  warmup: z.object({ periodMs: z.number().int().min(1), dayZero: z.number().int() }).loose().nullable(),
+  /**
+   * Warm-up windows: day n starts at dayZero + n * periodMs. quotaUntil: the lanes' quotas are the
+   * warm-up engine's for the day that ends then; after it a quota lane sends nothing until a plan
+   * with the next day's quotas arrives (a lane stepped back must not spend its old, larger quota in
+   * the new day). Absent: no engine has decided yet; the quotas hold every day.
+   */
+  warmup: z.object({ periodMs: z.number().int().min(1), dayZero: z.number().int(), quotaUntil: z.number().int().optional() }).loose().nullable(),
   lanes: z.array(lanePlan),
 }).loose();
 export type PoolPlan = z.infer<typeof poolPlan>;

@@ -204,7 +204,7 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
   inf.domains.on({ add: (d) => onDomain(d), update: (old, d) => onDomain(d, old), delete: (d) => onDomain(d), resync: (d) => enqueue("domain", keyOf(d)) });
   // What of a pool's status.lanes the plan takes: a change there is a quota or a pause the relays
   // must apply now, not after the usual coalescing delay.
-  const lanePlanInputs = (o: KubeObject) => JSON.stringify(((o.status as any)?.lanes ?? []).map((l: any) => [l.address, l.provider, l.stage, l.state, l.until, l.reason]));
+  const lanePlanInputs = (o: KubeObject) => JSON.stringify([(o.status as any)?.warmupDay, ((o.status as any)?.lanes ?? []).map((l: any) => [l.address, l.provider, l.stage, l.state, l.until, l.reason])]);
   const onPool = (p: KubeObject, old?: KubeObject) => {
     const ns = p.metadata.namespace!;
     if (old && leading && lanePlanInputs(old) !== lanePlanInputs(p)) controllers.get("plan")?.enqueue(PLAN_KEY_NAME);

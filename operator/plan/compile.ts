@@ -96,6 +96,12 @@ export function stagesFor(schedule: WarmupSchedule, provider: string) {
   return schedule.spec.providers.find((p) => p.provider === provider)?.stages ?? schedule.spec.stages;
 }
 
+/** The pool's warm-up windows, and the end of the day whose quotas status.lanes holds (the engine's). */
+function warmupWindows(pool: IPPool, periodMs: number): { periodMs: number; dayZero: number; quotaUntil?: number } {
+  const open = pool.status?.warmupDay ? Date.parse(pool.status.warmupDay) : NaN;
+  return { periodMs, dayZero: 0, ...(Number.isFinite(open) ? { quotaUntil: open + periodMs } : {}) };
+}
+
 export function hourlyOf(stage: { daily: number; hourly?: number | undefined }): number {
   return stage.hourly ?? Math.ceil(stage.daily / 12);
 }
@@ -225,7 +231,7 @@ export function compilePlan(input: CompileInput): CompileResult {
       addresses: addresses.map((a) => ({ address: a.address, hostname: a.hostname, ...(a.nodeName ? { nodeName: a.nodeName } : {}) })),
       egress: { mode: pool.spec.egress.mode, bindAddress: pool.spec.egress.bindAddress },
       overflowPool: pool.spec.overflowPoolRef ? `${ns}/${pool.spec.overflowPoolRef.name}` : null,
-      warmup: schedule ? { periodMs: parseDuration(schedule.spec.period), dayZero: 0 } : null,
+      warmup: schedule ? warmupWindows(pool, parseDuration(schedule.spec.period)) : null,
       lanes: addresses.flatMap((a) => providers.map((p) => lanePlan(pool, a.address, p, schedule, overrides, now, changes))),
     });
   }

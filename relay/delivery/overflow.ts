@@ -1,6 +1,6 @@
 // Overflow: a provider's backlog moves to the pool's overflow pool when every lane of the pool for
 // that provider is held by its warm-up quota (the shaper says so for the whole pool, not just this
-// relay's lanes). Never when a lane is suspended, paused or blocked: that mail waits, since a
+// relay's lanes), as much of it as the lanes' daily quota left cannot take. Never when a lane is suspended, paused or blocked: that mail waits, since a
 // provider that throttles one of our addresses must not get the same mail from another pool.
 //
 // The part is republished to the overflow pool's ready queue for the same provider (its relays

@@ -119,6 +119,8 @@ export class Delivery implements Component {
   #bodies!: BodyStore;
   #outcomes!: Outcomes;
   #loops = new Map<string, ProviderLoop>();
+  /** Since when every lane of the pool has been quota-held, per provider (overflow waits for it to settle). */
+  readonly #quotaHeldSince = new Map<string, number>();
   #busy = new Map<string, number>();
   #inflight = new Set<Promise<void>>();
   #owned = new Set<string>();
@@ -308,10 +310,35 @@ export class Delivery implements Component {
     const pool = plan?.pool;
     const to = pool?.overflowPool;
     if (!pool || !to || !plan.pools.has(to) || !lanes.length || !this.#limiter.quotaHeldEverywhere) return false;
-    if (!lanes.every((l) => this.#limiter.view(l).reason === "quota")) return false;
+    const settled = () => {
+      // Unused slots go back to the quota windows within a second or two (the shaper's next write);
+      // until then the day's quota left reads low and the excess high.
+      const now = this.#ctx.clock.now();
+      const since = this.#quotaHeldSince.get(provider) ?? now;
+      this.#quotaHeldSince.set(provider, since);
+      return now - since >= 3000;
+    };
+    if (!lanes.every((l) => this.#limiter.view(l).reason === "quota")) {
+      this.#quotaHeldSince.delete(provider);
+      return false;
+    }
     try {
-      if (!(await this.#limiter.quotaHeldEverywhere(pool.id, provider))) return false;
-      return (await moveToOverflow({ js: this.#ctx.js, consumer, from: pool.id, to, provider, max: 100, registry: this.#ctx.registry, log: this.#log })) > 0;
+      if (!(await this.#limiter.quotaHeldEverywhere(pool.id, provider))) {
+        this.#quotaHeldSince.delete(provider);
+        return false;
+      }
+      if (!settled()) return false;
+      // Only the backlog the lanes cannot send today moves; the rest waits for their hourly quotas
+      // (spread over the day), so warming lanes keep the volume their days need to count.
+      const left = this.#limiter.dailyQuotaLeft?.(pool.id, provider) ?? 0;
+      const subject = subjects.ready(pool.id, provider);
+      const backlog = left === 0 ? Infinity
+        : ((await this.#ctx.jsm.streams.info(STREAM_QUEUE, { subjects_filter: subject })).state.subjects as Record<string, number> | undefined)?.[subject] ?? 0;
+      const excess = backlog - left;
+      if (excess <= 0) return false;
+      // Every relay of the pool runs this at once: each moves a quarter of the excess and looks
+      // again, so together they converge on it instead of each moving all of it.
+      return (await moveToOverflow({ js: this.#ctx.js, consumer, from: pool.id, to, provider, max: Math.min(100, Math.ceil(excess / 4)), registry: this.#ctx.registry, log: this.#log })) > 0;
     } catch (err) {
       this.#log.warn("overflow failed", { provider, error: err as Error });
       return false;

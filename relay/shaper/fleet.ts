@@ -107,6 +107,13 @@ interface LaneLocal {
   refill?: Promise<void>;
   /** Lane slot times to give back to the quota windows at the next write. */
   pendingRelease: number[];
+  /**
+   * Slots from this time on were reserved under the lane's current limits (Infinity: none yet since
+   * they changed). Only those may go back to the quota windows: a slot reserved under other limits
+   * (no quota, another quota) never counted against these, and giving it back would let the lane
+   * exceed its quota. The chain only moves forward, so one time marks the change.
+   */
+  countedFrom: number;
   /** Slots this relay can use per reservation (demand): doubles while it uses all it gets, halves when slots pass unused. */
   want: number;
   missedSinceRefill: number;
@@ -185,7 +192,9 @@ export class FleetLaneLimiter implements LaneLimiter {
   setPlan(plan: Plan): void {
     const limitsOf = (id: string, l: LanePlan | undefined) => {
       const pool = this.#pools.get(id.split("|")[0]!);
-      return JSON.stringify([l?.shape.messageRate, l?.dailyQuota, l?.hourlyQuota, pool?.warmup]);
+      // quotaUntil moves every day by itself: a new day's plan with the same quotas changes nothing.
+      const { quotaUntil: _, ...warmup } = pool?.warmup ?? {};
+      return JSON.stringify([l?.shape.messageRate, l?.dailyQuota, l?.hourlyQuota, warmup]);
     };
     const oldLimits = new Map([...this.#lanePlans].map(([id, l]) => [id, limitsOf(id, l)]));
     this.#pools = new Map(plan.pools.map((p) => [p.id, p]));
@@ -200,6 +209,8 @@ export class FleetLaneLimiter implements LaneLimiter {
       const p = this.#lanePlans.get(L.id);
       if (!p || !SENDING_STATES.has(p.state)) this.#dropStock(L, "dropped");
       else if (oldLimits.has(L.id) && oldLimits.get(L.id) !== limitsOf(L.id, p)) {
+        L.countedFrom = Infinity;
+        L.pendingRelease = [];
         this.#dropStock(L, "dropped");
         L.nextTry = 0;
       }
@@ -213,7 +224,7 @@ export class FleetLaneLimiter implements LaneLimiter {
       L = {
         ref: { pool: ref.pool, address: ref.address, provider: ref.provider }, id,
         key: this.#key(shaperKeys.lane(ref), { pool: ref.pool, address: ref.address, provider: ref.provider }),
-        stock: [], out: new Map(), lastAt: 0, nextTry: 0, pendingRelease: [], want: 16, missedSinceRefill: 0, lastBatch: 0, idleMs: 0, factor: 1, touched: this.#now(),
+        stock: [], out: new Map(), lastAt: 0, nextTry: 0, pendingRelease: [], countedFrom: 0, want: 16, missedSinceRefill: 0, lastBatch: 0, idleMs: 0, factor: 1, touched: this.#now(),
       };
       this.#lanes.set(id, L);
     }
@@ -232,7 +243,10 @@ export class FleetLaneLimiter implements LaneLimiter {
 
   #laneLimit(ref: LaneRef, plan: LanePlan, factor: number): SlotLimit {
     const warm = this.#pools.get(ref.pool)?.warmup;
-    return { rate: plan.shape.messageRate, factor, daily: plan.dailyQuota, hourly: plan.hourlyQuota, dayMs: warm?.periodMs ?? DAY_MS, dayZero: warm?.dayZero ?? 0 };
+    return {
+      rate: plan.shape.messageRate, factor, daily: plan.dailyQuota, hourly: plan.hourlyQuota, dayMs: warm?.periodMs ?? DAY_MS, dayZero: warm?.dayZero ?? 0,
+      ...(warm?.quotaUntil !== undefined ? { quotaUntil: warm.quotaUntil } : {}),
+    };
   }
 
   /** Provider-wide and address-wide keys that apply to a lane. */
@@ -289,6 +303,8 @@ export class FleetLaneLimiter implements LaneLimiter {
     const quota = local ? localShare(limit, L.key.lastGood?.s, L.key.relays, now) : limit;
     // A window stored ahead of now means the chain was moved past a spent window (slots.ts).
     let until = 0;
+    // The plan's quotas are for a day that has ended: held until the next day's plan arrives.
+    if (limit.quotaUntil !== undefined && now >= limit.quotaUntil) return now + 250;
     if (quota.daily !== null) {
       const start = windowStart(now, limit.dayMs, limit.dayZero);
       if (s?.day && s.day.start > start) until = s.day.start;
@@ -332,13 +348,13 @@ export class FleetLaneLimiter implements LaneLimiter {
   }
 
   /**
-   * The lane's connection cap as delivery sees it: how many parts it may have in flight. The fleet
-   * cap itself (connect() holds each relay to its allowance), so a relay can line up a whole batch
-   * of slots while its few connections carry them; on the local share, the share.
+   * The lane's connection cap as delivery sees it (how many parts it lines up at once): this
+   * relay's allowance plus what no live relay holds, as last read. Lining up more than it can get
+   * connections for would leave parts waiting past their slots' grace.
    */
-  #potentialConnections(L: LaneLocal, max: number, _now: number): number {
+  #potentialConnections(L: LaneLocal, max: number, now: number): number {
     if (this.#isLocal()) return Math.min(max, localConnections(max, L.key.relays));
-    return max;
+    return Math.max(0, Math.min(max, max - othersConnections(L.key.known, this.#self, now, this.#lease)));
   }
 
   // ---- send slots -----------------------------------------------------------------------------
@@ -386,6 +402,13 @@ export class FleetLaneLimiter implements LaneLimiter {
       this.#giveBack(L, [slot]);
       return false;
     }
+    // Reserved under other limits (before the plan's quotas changed): it never counted against
+    // these quotas, so it may not be spent under them.
+    const plan = this.#lanePlans.get(L.id);
+    if (plan && (plan.dailyQuota !== null || plan.hourlyQuota !== null) && slot < L.countedFrom) {
+      this.#metrics?.slots.inc({ ...labels, outcome: "dropped" });
+      return false;
+    }
     if (now > deadline || now < slot - 2) {
       this.#metrics?.slots.inc({ ...labels, outcome: "late" });
       this.#giveBack(L, [slot]);
@@ -427,7 +450,9 @@ export class FleetLaneLimiter implements LaneLimiter {
   #giveBack(L: LaneLocal, slots: number[]): void {
     const plan = this.#lanePlans.get(L.id);
     if (!slots.length || !plan || (plan.dailyQuota === null && plan.hourlyQuota === null)) return;
-    L.pendingRelease.push(...slots);
+    const counted = slots.filter((s) => s >= L.countedFrom);
+    if (!counted.length) return;
+    L.pendingRelease.push(...counted);
     if (L.pendingRelease.length > 10_000) L.pendingRelease.splice(0, L.pendingRelease.length - 10_000);
   }
 
@@ -515,6 +540,7 @@ export class FleetLaneLimiter implements LaneLimiter {
     }
     if (this.#log?.enabled("debug")) this.#log.debug("shaper: reservation", { lane: L.id, slots: slots.length, first: slots[0], nextTry: L.nextTry, local: this.#isLocal() });
     if (!slots.length) return;
+    if (L.countedFrom === Infinity && !unlimited) L.countedFrom = Math.min(...slots);
     this.#metrics?.slots.inc({ ...labels, outcome: "reserved" }, slots.length);
     let held: Held[] = slots.map((s) => ({ at: s, deadline: s + grace, slot: s }));
     // Provider-wide and address-wide rates: claim cells at these times; what finds no room is dropped.
@@ -960,6 +986,25 @@ export class FleetLaneLimiter implements LaneLimiter {
       if (v.sendable || v.reason !== "quota") return false;
     }
     return true;
+  }
+
+  dailyQuotaLeft(pool: string, provider: string): number {
+    const p = this.#pools.get(pool);
+    if (!p) return 0;
+    const now = this.#now();
+    let left = 0;
+    for (const lp of p.lanes) {
+      if (lp.provider !== provider || !SENDING_STATES.has(lp.state)) continue;
+      if (lp.dailyQuota === null) return Infinity;
+      const ref = { pool, address: lp.address, provider };
+      const limit = this.#laneLimit(ref, lp, 1);
+      if (limit.quotaUntil !== undefined && now >= limit.quotaUntil) continue; // the day's plan is not here yet
+      const day = this.#lane(ref).key.known?.s?.day;
+      const start = windowStart(now, limit.dayMs, limit.dayZero);
+      const used = !day ? 0 : day.start === start ? day.used : day.start > start ? lp.dailyQuota : 0;
+      left += Math.max(0, lp.dailyQuota - used);
+    }
+    return left;
   }
 
   // ---- housekeeping ---------------------------------------------------------------------------

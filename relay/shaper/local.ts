@@ -94,6 +94,7 @@ export class LocalLaneLimiter implements LaneLimiter {
       hourly: plan.hourlyQuota,
       dayMs: warm?.periodMs ?? DAY_MS,
       dayZero: warm?.dayZero ?? 0,
+      ...(warm?.quotaUntil !== undefined ? { quotaUntil: warm.quotaUntil } : {}),
     };
   }
 

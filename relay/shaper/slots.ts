@@ -39,6 +39,8 @@ export type SlotLimit = {
   /** Warm-up day length and the epoch offset where day 0 begins. */
   dayMs: number;
   dayZero: number;
+  /** The quotas are for the warm-up day ending here: no quota slot at or after it (plan.ts). */
+  quotaUntil?: number;
 };
 
 export type Reservation = {
@@ -94,6 +96,10 @@ export function reserve(state: SlotState, limit: SlotLimit, n: number, now: numb
       retryAt = hour.start + hourMs;
       break;
     }
+    if ((day || hour) && limit.quotaUntil !== undefined && tat >= limit.quotaUntil) {
+      retryAt = Math.max(now, limit.quotaUntil) + 250; // the next day's plan is due any moment
+      break;
+    }
     slots.push(tat);
     if (day) day.used++;
     if (hour) hour.used++;
@@ -101,8 +107,12 @@ export function reserve(state: SlotState, limit: SlotLimit, n: number, now: numb
     retryAt = tat;
   }
   const next: SlotState = { tat: slots.length ? tat : Math.max(state.tat, now) };
+  // A limit without a quota keeps the windows as they are: a relay still on an older plan must not
+  // erase what the others counted (were the quota back within the window, its count holds).
   if (day) next.day = day;
+  else if (state.day) next.day = state.day;
   if (hour) next.hour = hour;
+  else if (state.hour) next.hour = state.hour;
   if (!slots.length) {
     // Nothing granted: keep the chain where it was, only roll the windows forward.
     next.tat = state.tat;

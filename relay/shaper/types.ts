@@ -102,5 +102,11 @@ export interface LaneLimiter {
    * anything else (suspension, plan state): then the backlog may go to the pool's overflow pool.
    */
   quotaHeldEverywhere?(pool: string, provider: string): Promise<boolean>;
+  /**
+   * What the pool's sending lanes for a provider may still send in the current warm-up day (as last
+   * read; Infinity when one has no daily quota). The backlog beyond it is what overflows: the rest
+   * waits for the hourly quotas, so warming lanes still earn their day.
+   */
+  dailyQuotaLeft?(pool: string, provider: string): number;
   close(): Promise<void>;
 }

@@ -12,6 +12,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { chmod, mkdtemp, readFile, rm } from "node:fs/promises";
+import { readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -149,7 +150,11 @@ before(async () => {
     return true;
   }, 180_000).catch(async (e: Error) => {
     // Say why: the relays' own last words.
-    const tails = await Promise.all([...relays.keys()].map(async (n) => `--- ${n}\n${(await logOf(n)).slice(-2000)}`));
+    const tails = await Promise.all([...relays.entries()].map(async ([n, p]) => {
+      let state = `pid ${p.pid}, exit ${p.exitCode() ?? "none"}`;
+      try { state += `, /proc state ${readFileSync(`/proc/${p.pid}/stat`, "utf8").split(" ")[2]}, cpu ticks ${readFileSync(`/proc/${p.pid}/stat`, "utf8").split(" ").slice(13, 15).join("+")}`; } catch { /* gone */ }
+      return `--- ${n} (${state}; load ${readFileSync("/proc/loadavg", "utf8").trim()})\n${(await logOf(n)).slice(-2000)}`;
+    }));
     throw new Error(`${e.message}\n${tails.join("\n")}`);
   });
   events = await eventLog(nc);
@@ -259,7 +264,7 @@ describe("response rules", () => {
 });
 
 describe("quotas", () => {
-  test("quota spent on every lane: the backlog moves to the overflow pool; never while a lane is held otherwise", T, async () => {
+  test("quota spent on every lane: the backlog beyond the day's quota moves to the overflow pool; never while a lane is held otherwise", T, async () => {
     const POOL2 = "mail/overflow";
     const OUT3 = { address: "127.0.75.3", hostname: "out3.shaper.test" };
     const shape = { messageRate: { count: 600, periodMs: 60_000 }, maxConnections: 2, messagesPerConnection: 1000 };
@@ -268,7 +273,7 @@ describe("quotas", () => {
       const pool = p.pools[0]!;
       pool.warmup = { periodMs: 86_400_000, dayZero: 0 };
       pool.overflowPool = POOL2;
-      for (const l of pool.lanes) if (l.provider === "rec") Object.assign(l, { dailyQuota: 1000, hourlyQuota: 5 });
+      for (const l of pool.lanes) if (l.provider === "rec") Object.assign(l, { dailyQuota: 10, hourlyQuota: 5 });
       p.pools.push({ ...pool, id: POOL2, name: "overflow", addresses: [OUT3], overflowPool: null, warmup: null, lanes: pool.lanes.filter((l) => l.address === OUT1.address).map((l) => ({ ...l, address: OUT3.address, state: "Healthy", dailyQuota: null, hourlyQuota: null })) });
       return { ...p, revision: `${p.revision}-ovf${JSON.stringify(lanes).length}` };
     };
@@ -292,17 +297,26 @@ describe("quotas", () => {
     await until("OUT2's quota spent", () => rec.of(OUT2.address).filter((t) => t.at > since).length >= 5, 120_000);
     await sleep(15_000);
     assert.equal(await queued(POOL2), 0, "nothing overflowed while a lane was suspended");
-    assert.ok(rec.of(OUT2.address).filter((t) => t.at > since).length <= 5 || new Date().getUTCMinutes() === 0, "OUT2 kept to its quota");
-    // OUT1 released: it spends its quota too, then every lane is quota-held and the backlog moves.
+    const out2 = rec.of(OUT2.address).filter((t) => t.at > since);
+    assert.ok(out2.length <= 5 || new Date().getUTCMinutes() === 0, `OUT2 kept to its quota: ${out2.length} sent since ${new Date(since).toISOString()}: ${JSON.stringify(out2.map((t) => [new Date(t.at).toISOString(), t.accepted, t.reply ?? ""]))}`);
+    // OUT1 released: it spends its hour's quota too, then every lane is quota-held and what the
+    // lanes cannot send today (30 - 5 sent - 5 + 5 left for the day = 20 - 10 = 10) moves; the rest
+    // waits for the next hour.
     await publish(withOverflow({}));
-    await until("the backlog in the overflow pool's ready queue", async () => (await queued(POOL2)) >= 15, 180_000);
+    await until("the backlog beyond the day's quota in the overflow pool's ready queue", async () => (await queued(POOL2)) >= 10, 180_000);
     const last = await jsm.streams.getMessage(STREAM_QUEUE, { last_by_subj: subjects.ready(POOL2, "rec") });
     const env = decodeEnvelope(last!.data);
     assert.equal(env.overflowFrom, POOL);
     assert.equal(env.pool, POOL2);
     const sent = delivered(qids);
     assert.ok(sent <= 12, `delivered within the quotas: ${sent}`);
-    assert.equal(sent + (await queued(POOL2)) + (await queued(POOL)), 30, "nothing lost");
+    // Nothing lost: every message delivered or waiting in one of the two ready queues, once the
+    // parts a relay holds at this instant (a transaction, a move) have settled.
+    let count = 0;
+    await until("nothing lost", async () => (count = delivered(qids) + (await queued(POOL2)) + (await queued(POOL))) === 30, 60_000)
+      .catch(() => assert.fail(`nothing lost: ${count} of 30 delivered or queued`));
+    // Only the excess moved (give or take a part per relay: they move at once); the rest waits here.
+    assert.ok((await queued(POOL2)) <= 12, `moved ${await queued(POOL2)}, the excess was 10`);
   });
 });
 

@@ -35,6 +35,26 @@ describe("time-slot leases", () => {
     assert.equal(after.hour!.used, 3);
   });
 
+  it("quotas decided for a day that has ended grant nothing after it; a lane without quota is not held", () => {
+    const day = 10_000;
+    const l = lane(600, 60_000, { daily: 100, hourly: null, dayMs: day, quotaUntil: day });
+    const r = reserve({ tat: 0 }, l, 50, 9_500, 5_000);
+    assert.deepEqual(r.slots, [9_500, 9_600, 9_700, 9_800, 9_900], "slots up to the end of the quota's day only");
+    assert.equal(r.retryAt, day + 250);
+    assert.equal(reserve(r.next, l, 5, 10_100, 5_000).slots.length, 0, "nothing in the next day on the old plan");
+    const next = reserve(r.next, { ...l, quotaUntil: 2 * day }, 5, 10_100, 5_000);
+    assert.equal(next.slots.length, 5, "the next day's plan opens it");
+    assert.equal(reserve({ tat: 0 }, lane(600, 60_000, { quotaUntil: day }), 3, 20_000, 5_000).slots.length, 3);
+  });
+
+  it("a limit without a quota keeps the windows others counted", () => {
+    const q = lane(6000, 60_000, { daily: 10, hourly: 4 });
+    const counted = reserve({ tat: 0 }, q, 3, 0, 10_000).next;
+    const old = reserve(counted, lane(6000, 60_000), 5, 100, 10_000).next;
+    assert.deepEqual([old.day?.used, old.hour?.used], [3, 3]);
+    assert.equal(reserve(old, q, 10, 200, 10_000).slots.length, 1, "the quota relay still sees 3 of 4 used");
+  });
+
   it("SlowDown factor stretches the interval", () => {
     const r = reserve({ tat: 0 }, lane(600, 60_000, { factor: 0.5 }), 3, 0, 10_000);
     assert.deepEqual(r.slots, [0, 200, 400]);
