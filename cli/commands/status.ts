@@ -21,7 +21,9 @@ const usage = `usage: mailfleet status [POOL] [--all-lanes] [common options]
   for their retry, and held mail.
 
   Lane states come from the plan the relays enforce (manual suspensions, reputation pauses), the
-  shaper's response rules in force now, and IPPool status. SOURCE says which.
+  shaper's response rules in force now, and IPPool status. SOURCE says which. Sending domains
+  paused on their bounce or complaint rates are listed with until when: their mail is accepted and
+  waits in the queue (as deferred parts) until then.
 
 ${COMMON_USAGE}`;
 
@@ -54,7 +56,7 @@ export const command: Command = {
       const r = await statusReport(fleet, { namespace: common.namespace, ...(only ? { pool: only } : {}) });
       if (common.output === "json") printJson(statusJson(fleet, r));
       else {
-        print(render(r.rows, r.result, r.queues, values["all-lanes"] === true, r.now));
+        print(render(r.rows, r.result, r.queues, values["all-lanes"] === true, r.now, r.domainsPaused));
         for (const w of r.warnings) warn(w);
       }
       return r.warnings.some((w) => w.startsWith("NATS")) ? 1 : 0;
@@ -62,9 +64,18 @@ export const command: Command = {
   },
 };
 
+/** A sending domain the plan pauses on its rates (its mail is held in the queue). */
+export interface PausedDomain {
+  domain: string;
+  pool: string;
+  until: string;
+  reason: string;
+}
+
 export interface StatusReport {
   now: number;
   plan?: Plan;
+  domainsPaused: PausedDomain[];
   rows: PoolRow[];
   result: { pool: IPPool; lanes: LaneView[]; queue?: PoolQueue }[];
   queues?: PoolQueue[];
@@ -88,12 +99,16 @@ export async function statusReport(fleet: Fleet, o: { namespace?: string; pool?:
     return { pool: p, lanes, ...(q ? { queue: q } : {}) };
   });
   const rows: PoolRow[] = result.map(({ pool, lanes, queue }) => poolRow(pool, lanes, queue, now));
-  return { now, ...(plan ? { plan } : {}), rows, result, ...(queues ? { queues } : {}), warnings };
+  const shownPools = new Set(pools.map(id));
+  const domainsPaused = (plan?.domains ?? [])
+    .filter((d) => d.paused && Date.parse(d.paused.until) > now && shownPools.has(d.pool))
+    .map((d) => ({ domain: d.domain, pool: d.pool, until: d.paused!.until, reason: d.paused!.reason }));
+  return { now, ...(plan ? { plan } : {}), domainsPaused, rows, result, ...(queues ? { queues } : {}), warnings };
 }
 
 /** The text of `mailfleet status` (without the warnings). */
 export function statusText(r: StatusReport, o: { allLanes?: boolean } = {}): string {
-  return render(r.rows, r.result, r.queues, o.allLanes === true, r.now);
+  return render(r.rows, r.result, r.queues, o.allLanes === true, r.now, r.domainsPaused);
 }
 
 function statusJson(fleet: Fleet, r: StatusReport) {
@@ -102,6 +117,7 @@ function statusJson(fleet: Fleet, r: StatusReport) {
     planRevision: r.plan?.revision ?? null,
     pools: r.rows,
     lanes: r.result.flatMap(({ pool, lanes }) => lanes.map((l) => ({ pool: id(pool), ...l }))),
+    domainsPaused: r.domainsPaused,
     queues: (r.queues ?? []).map(queueJson(r.now)),
     warnings: r.warnings,
   };
@@ -173,7 +189,9 @@ function sub(s: { messages: number; waiting?: number; inFlight?: number; paused?
   };
 }
 
-function render(rows: PoolRow[], result: { pool: IPPool; lanes: LaneView[] }[], queues: PoolQueue[] | undefined, allLanes: boolean, now: number): string {
+function render(
+  rows: PoolRow[], result: { pool: IPPool; lanes: LaneView[] }[], queues: PoolQueue[] | undefined, allLanes: boolean, now: number, paused: PausedDomain[] = [],
+): string {
   if (!rows.length) return "no IPPools";
   const out: string[] = [];
   out.push(table(["pool", "relays", "lanes", "queued", "oldest", "deferred", "held"], rows.map((r) => [
@@ -199,6 +217,11 @@ function render(rows: PoolRow[], result: { pool: IPPool; lanes: LaneView[] }[], 
     out.push(table(["pool", "address", "provider", "state", "source", "rule", "until", "reason"], shown.map((l) => [
       l.pool, l.address, l.provider, l.state + (l.pending ? ` (${l.pending})` : ""), l.source === "none" ? undefined : l.source, l.rule, when(l.until, now), clip(l.reason, 60),
     ])));
+  }
+  if (paused.length) {
+    out.push("");
+    out.push("DOMAINS paused (mail accepted, held in the queue until then)");
+    out.push(table(["domain", "pool", "until", "reason"], paused.map((d) => [d.domain, d.pool, when(d.until, now), clip(d.reason, 60)])));
   }
   if (queues) {
     const qrows = queues.flatMap((q) => [

@@ -293,9 +293,16 @@ export class WarmupEngine {
     for (const l of status.lanes) {
       const labels = { pool, source_ip: l.address, provider: l.provider };
       for (const state of LANE_STATES) m.laneState.set({ ...labels, state }, l.state === state ? 1 : 0);
-      m.laneWarmupStage.set(labels, l.stage ?? 0);
-      m.laneDailyQuota.set(labels, l.dailyQuota ?? 0);
       m.laneSentToday.set(labels, l.sentToday ?? 0);
+      if (l.stage === undefined) {
+        // A lane of a pool that does not warm up: state only, no warm-up series.
+        m.laneWarmupStage.remove(labels);
+        m.laneDailyQuota.remove(labels);
+        m.laneWarmupHeld.remove(labels);
+        continue;
+      }
+      m.laneWarmupStage.set(labels, l.stage);
+      m.laneDailyQuota.set(labels, l.dailyQuota ?? 0);
       m.laneWarmupHeld.set(labels, l.decision === "Held" || l.decision === "SteppedBack" ? 1 : 0);
     }
     this.gauges.set(pool, status.lanes.map((l) => [l.address, l.provider]));
