@@ -168,8 +168,10 @@ export class WarmupEngine {
   async syncPool(pool: IPPool): Promise<CounterSource | null> {
     const { ctx } = this.o;
     const schedule = this.scheduleOf(pool);
-    if (pool.spec.warmupScheduleRef && !schedule) return null; // the schedule is not there (yet): judged once it is
     const id = objectId(pool.metadata);
+    // The schedule is not there (yet): the pool steps once it is; its counters (kept per day
+    // meanwhile, periodMsOf) still count for its domains.
+    if (pool.spec.warmupScheduleRef && !schedule) return { pool: id, periodMs: DEFAULT_PERIOD_MS, counts: () => null };
     const periodMs = schedule ? parseDuration(schedule.spec.period) : DEFAULT_PERIOD_MS;
     const now = ctx.now();
     const kv = await this.bucket();
@@ -219,6 +221,13 @@ export class WarmupEngine {
     const providers = (plan?.providers ?? []).map((p) => ({ name: p.name, feedbackLoop: p.feedbackLoop }));
     if (!providers.length) return;
     const now = ctx.now();
+    // Periods a pool's step did not read, read once per tick whichever domains need them.
+    const extra = new Map<string, PeriodDoc | null>();
+    const read = async (src: CounterSource, p: number) => {
+      const k = `${src.pool}|${src.periodMs}|${p}`;
+      if (!extra.has(k)) extra.set(k, await this.o.counters.read(src.pool!, src.periodMs, p));
+      return extra.get(k) ?? null;
+    };
     for (const d of ctx.world.domains() as SendingDomain[]) {
       if (d.metadata.deletionTimestamp) continue;
       const ns = d.metadata.namespace ?? "";
@@ -230,12 +239,12 @@ export class WarmupEngine {
         // A pool's step read its own window; a longer window of this domain's pool reads the rest here.
         const full: CounterSource[] = [];
         for (const src of sources) {
-          const extra = new Map<number, PeriodDoc | null>();
+          const more = new Map<number, PeriodDoc | null>();
           const cur = Math.floor(now / src.periodMs);
           for (let p = Math.floor((now - policy.windowMs) / src.periodMs); p <= cur; p++) {
-            if (src.counts(p) === null && src.pool) extra.set(p, await this.o.counters.read(src.pool, src.periodMs, p));
+            if (src.counts(p) === null && src.pool) more.set(p, await read(src, p));
           }
-          full.push({ periodMs: src.periodMs, counts: (p) => src.counts(p) ?? extra.get(p) ?? null });
+          full.push({ periodMs: src.periodMs, counts: (p) => src.counts(p) ?? more.get(p) ?? null });
         }
         const window = domainWindow(d.spec.domain, providers, full, now, policy.windowMs);
         const step = stepDomain(policy, window, d.status?.reputation, now);
