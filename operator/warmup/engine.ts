@@ -14,8 +14,9 @@ import type { Plan } from "../../api/plan.ts";
 import { parseDuration } from "../../api/units.ts";
 import { type DomainReputationStatus, type IPPool, LANE_STATES, type SendingDomain, type WarmupSchedule, objectId } from "../../api/v1alpha1/index.ts";
 import { token } from "../../relay/queue/topology.ts";
-import { SHAPER_BUCKET } from "../../relay/shaper/keys.ts";
-import { type LaneRuleState, readLaneStates } from "../../relay/shaper/state.ts";
+import { SHAPER_BUCKET, shaperKeys } from "../../relay/shaper/keys.ts";
+import { type LaneRuleState, laneStatesFrom } from "../../relay/shaper/state.ts";
+import { decodeRule, type RuleRecord } from "../../relay/shaper/rulestate.ts";
 import type { Context } from "../controllers/context.ts";
 import { statusDiffers } from "../runtime/conditions.ts";
 import { conditionsFor } from "../controllers/context.ts";
@@ -96,6 +97,7 @@ export class WarmupEngine {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    this.ruleWatch?.stop();
     await this.running;
     await this.o.counters.stop();
   }
@@ -121,25 +123,47 @@ export class WarmupEngine {
     return this.stateKv;
   }
 
+  /** The shaper's rule records, kept current by one watch on the bucket (key -> record). */
+  private readonly ruleRecords = new Map<string, RuleRecord>();
+  private ruleWatch: { stop(): void } | undefined;
+
+  /**
+   * The shaper's rules in force on a pool's lanes. One long-lived watch keeps them in memory: reading
+   * the bucket's keys every step made a JetStream consumer each time, and they piled up until the
+   * server refused more ("maximum consumers limit reached") and the engine stopped.
+   */
   private async rules(pool: string, plan: Plan | null): Promise<LaneRuleState[]> {
     if (!plan) return [];
+    if (!this.ruleWatch && !this.stopped) await this.watchRules();
+    return laneStatesFrom([...this.ruleRecords.values()], { plan, now: this.o.ctx.now(), pool });
+  }
+
+  private async watchRules(): Promise<void> {
     if (this.shaperKv === undefined || this.shaperKv === null) {
       try {
         this.shaperKv = await new Kvm(jetstream(await this.o.connection(), { timeout: 10_000 })).open(SHAPER_BUCKET);
       } catch {
-        // No relay made the shaper bucket yet: no rule is in force anywhere.
+        // No relay made the shaper bucket yet: no rule is in force anywhere (tried again next step).
         this.shaperKv = null;
-        return [];
+        return;
       }
     }
-    try {
-      return await readLaneStates(this.shaperKv, { plan, now: this.o.ctx.now(), pool });
-    } catch (err) {
-      // The bucket is made by the first relay that shapes; until then no rule is in force.
-      if (!/stream not found/i.test((err as Error).message)) throw err;
+    const w = await this.shaperKv.watch({ key: shaperKeys.allRules });
+    this.ruleWatch = w;
+    void (async () => {
+      try {
+        for await (const e of w) {
+          const r = e.operation === "PUT" ? decodeRule(e.value) : null;
+          if (r) this.ruleRecords.set(e.key, r);
+          else this.ruleRecords.delete(e.key);
+        }
+      } catch (err) {
+        this.o.ctx.log.warn("warm-up: shaper rule watch ended; starting it again", { error: (err as Error).message });
+      }
+      // Ended (bucket gone, connection replaced): the next step starts a new one.
+      if (this.ruleWatch === w) this.ruleWatch = undefined;
       this.shaperKv = undefined;
-      return [];
-    }
+    })();
   }
 
   async tick(): Promise<void> {
