@@ -38,7 +38,8 @@ export interface Target {
 function stateDirs(flag: string | undefined, env: NodeJS.ProcessEnv): string[] {
   if (flag) return [resolve(flag)];
   if (env.MAILFLEET_STATE_DIR) return [resolve(env.MAILFLEET_STATE_DIR)];
-  return [...new Set([resolve(".local"), join(PROJECT_ROOT, ".local")])];
+  // .fleet: where `npm start` runs its fleet (it writes the same state file).
+  return [...new Set([resolve(".local"), join(PROJECT_ROOT, ".local"), join(PROJECT_ROOT, ".fleet")])];
 }
 
 /** A running local fleet (its API server alive), or why none was found. */

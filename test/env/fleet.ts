@@ -33,6 +33,7 @@ import { childEnv, freePorts, logTail, startProcess, type ManagedProcess } from 
 import { writeRunnerKwokStages } from "./runner/kwok-stages.ts";
 import { LISTEN_ADDRESS_ANNOTATION, startRunner, type RelayInfo, type Runner } from "./runner/runner.ts";
 import { toolPath } from "./tools.ts";
+import { stateFile, type LocalState } from "./local-state.ts";
 
 export { PROJECT_ROOT };
 
@@ -486,6 +487,17 @@ async function main(): Promise<number> {
   }
   const started = Date.now();
   const fleet = await startFleet({ dir, log: (l) => process.stderr.write(`fleet: ${l}\n`) });
+  // The CLI finds a running fleet by its state file (as after `mailfleet local up`), so
+  // `npx mailfleet status` works beside `npm start` without flags.
+  const cpPids = fleet.cp.pids();
+  const state: LocalState = {
+    version: 1, stateDir: dir, kubeconfig: fleet.cp.kubeconfigPath, server: fleet.cp.server,
+    nats: fleet.nats.urls.join(","), natsUrls: fleet.nats.urls, natsMonitor: fleet.nats.servers.map((s) => s.monitorUrl),
+    pids: { "kube-apiserver": cpPids["kube-apiserver"]!, fleet: process.pid },
+    commands: { "kube-apiserver": "kube-apiserver", fleet: "node" }, crds: [],
+    operator: { started: true }, logs: join(dir, "logs"), startedAt: new Date(started).toISOString(),
+  };
+  writeFileSync(stateFile(dir), JSON.stringify(state, null, 2));
 
   let stopping = false;
   const ledger = new Ledger(join(fleet.postfix.dir, "inbox"));
@@ -541,7 +553,7 @@ async function main(): Promise<number> {
     const out: string[] = [];
     out.push(`mailfleet local fleet: up ${age(now - started)}, Ctrl-C stops everything   (${new Date(now).toISOString()})`);
     out.push(`  kubectl --kubeconfig ${fleet.cp.kubeconfigPath} get ippools,sendingdomains -A`);
-    out.push(`  npx mailfleet status --kubeconfig ${fleet.cp.kubeconfigPath} --nats ${fleet.nats.urls[0]}`);
+    out.push(`  npx mailfleet status${dir === join(PROJECT_ROOT, ".fleet") ? "" : ` --state-dir ${dir}`}   (also: queue, lane, warmup <pool>, dns <domain>)`);
     out.push(`  NATS ${fleet.nats.urls.join(",")}  DNS ${fleet.dns.server}  Prometheus ${fleet.prom?.url ?? "-"}  logs ${join(dir, "logs")} ${join(dir, "runner", "logs")}`);
     out.push(`  receivers: ${RECEIVERS.map((r) => `${r.name} ${fleet.receiverAddress(r)} (${r.domains.join(", ")})`).join("; ")}`);
     out.push("");
