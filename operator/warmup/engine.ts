@@ -27,6 +27,8 @@ import { type CounterSource, DOMAIN_PAUSED_CONDITION, domainWindow, stepDomain }
 
 export const WARMUP_STATE_BUCKET = "mailfleet-warmup-state";
 export const WARMUP_FIELD_MANAGER = "mailfleet-warmup";
+/** A SendingDomain's rates alone (its state unchanged) are rewritten at most this often. */
+const DOMAIN_RATES_EVERY_MS = 30_000;
 
 /** How long after a period ends its late events may still arrive (relays publish right after the dialogue). */
 export function settleMs(periodMs: number): number {
@@ -57,6 +59,8 @@ export class WarmupEngine {
   private stopped = true;
   private readonly gauges = new Map<string, string[][]>();
   private warned = new Map<string, string>();
+  /** When each SendingDomain's reputation was last written (namespace/name -> ms). */
+  private readonly domainWrites = new Map<string, number>();
   /** Steps taken and status writes made (diagnostics and tests). */
   steps = 0;
   writes = 0;
@@ -134,7 +138,17 @@ export class WarmupEngine {
    */
   private async rules(pool: string, plan: Plan | null): Promise<LaneRuleState[]> {
     if (!plan) return [];
-    if (!this.ruleWatch && !this.stopped) await this.watchRules();
+    if (!this.ruleWatch && !this.stopped) {
+      try {
+        await this.watchRules();
+      } catch (err) {
+        // Kvm.open binds without looking: before the first relay makes the bucket, the watch finds
+        // no stream. No rule is in force anywhere then (tried again next step).
+        if (!/stream not found/i.test((err as Error).message)) throw err;
+        this.shaperKv = undefined;
+        return [];
+      }
+    }
     return laneStatesFrom([...this.ruleRecords.values()], { plan, now: this.o.ctx.now(), pool });
   }
 
@@ -276,6 +290,12 @@ export class WarmupEngine {
         if (!raw) continue;
         const { conditions } = conditionsFor(raw, [step.condition], [DOMAIN_PAUSED_CONDITION], now);
         if (!statusDiffers(raw.status as Record<string, unknown> | undefined, { reputation: step.reputation, conditions })) continue;
+        // A change of state, reason or warning is written at once; fresher rates alone at most every
+        // DOMAIN_RATES_EVERY_MS (each write also wakes the plan compiler through the domain watch).
+        const cur = (raw.status as { reputation?: DomainReputationStatus } | undefined)?.reputation;
+        // (A warning's kind is part of the gist, its figure is not: the condition's reason follows these.)
+        const gist = (r: DomainReputationStatus | undefined) => JSON.stringify([r?.state, r?.until, r?.reason, r?.warning?.replace(/ [\d.]+%.*$/, "")]);
+        if (gist(cur) === gist(step.reputation) && now - (this.domainWrites.get(id) ?? 0) < DOMAIN_RATES_EVERY_MS) continue;
         // Server-side apply of only what the engine owns: the domain controller's conditions stay
         // (a map list), and a reputation field no longer set (until, warning) is removed.
         const ours = conditions.filter((c) => c.type === DOMAIN_PAUSED_CONDITION);
@@ -284,6 +304,7 @@ export class WarmupEngine {
           status: { reputation: step.reputation satisfies DomainReputationStatus, conditions: ours },
         } as KubeObject, { sub: "status", fieldManager: WARMUP_FIELD_MANAGER });
         ctx.inf.domains.upsert(out);
+        this.domainWrites.set(id, now);
         this.writes++;
         if (step.notice) ctx.events.event(raw, step.notice.type, step.notice.reason, `${d.spec.domain}: ${step.notice.note}`, "Warmup");
       } catch (err) {

@@ -6,7 +6,8 @@
 // - On day 8 the microsoft receiver starts answering 450 to the first address (setClientReply: a
 //   real 4xx in the SMTP dialogue): that lane holds, then steps back.
 // - On day 14 yahoo sends ARF complaints (to the relay's inbound listener) about mail from the
-//   second address: the address's lanes pause.
+//   second address: the address's lanes pause. The mail is a second sending domain's (promo.test),
+//   which pauses too (0.5% complaints); sender.test, whose demand fills the lanes, does not.
 // - The other lanes follow the schedule exactly, and no lane ever attempts more than its day's
 //   quota (counted from MF_EVENTS: delivered + deferred + bounced recipients per lane and day).
 //
@@ -81,11 +82,14 @@ test("warm-up: 30 days on an accelerated clock, 2 IPs x 3 providers", { timeout:
     reputation: { window: "30s", resumeAfter: "40s" },
   }));
   await env.apply(domain(NS, "sender", { domain: "sender.test", poolRef: { name: POOL_NAME }, senders: { trustedNetworks: ["127.0.0.0/8"] } }));
+  // The complaints are about promo.test's mail: that domain pauses (its mail waits), sender.test's
+  // demand keeps the lanes busy.
+  await env.apply(domain(NS, "promo", { domain: "promo.test", poolRef: { name: POOL_NAME }, senders: { trustedNetworks: ["127.0.0.0/8"] } }));
   const op = await env.startOperator();
   await eventually("the plan has the pool's lanes with quotas", async () => {
     const plan = await env.plan();
     const p = plan?.pools.find((x) => x.id === `${NS}/${POOL_NAME}`);
-    return p && plan!.domains.length === 1 && p.lanes.filter((l) => l.dailyQuota === 10).length >= 6;
+    return p && plan!.domains.length === 2 && p.lanes.filter((l) => l.dailyQuota === 10).length >= 6;
   });
 
   // The relay: sends from both addresses, takes reports on its inbound listener.
@@ -181,13 +185,25 @@ test("warm-up: 30 days on an accelerated clock, 2 IPs x 3 providers", { timeout:
   await pf.setClientReply(IP1, "450 4.7.1 Service unavailable, try again later", { listener: MX.microsoft });
   t.diagnostic(`microsoft defers ${IP1} from period ${currentPeriod}`);
 
-  // Day 14: yahoo complains about mail from IP2.
+  // Day 12: some promo.test mail to yahoo, part of it from IP2.
+  await eventually("day 12", async () => dayOf() >= 12, 300_000, 200);
+  for (let i = 0; i < 16; i++) await submit(js, { rcpts: [`p${i}@${DOMAINS.yahoo}`], subject: `promo ${i}`, domain: "promo.test" });
+  // Day 14: yahoo complains about promo.test's mail from IP2.
   await eventually("day 14", async () => dayOf() >= 14, 300_000, 200);
-  const fromIp2 = events.filter((e) => e.type === "delivered" && e.source === IP2 && e.provider === "yahoo").slice(-5);
-  assert.equal(fromIp2.length, 5, "IP2 delivered to yahoo");
-  for (const e of fromIp2) assert.match(await sendArf(listen, inboundPort, e, IP2), /^250/);
+  const fromIp2 = await eventually("IP2 delivered promo.test's mail to yahoo", async () => {
+    const list = events.filter((e) => e.type === "delivered" && e.source === IP2 && e.provider === "yahoo" && e.domain === "promo.test").slice(-5);
+    return list.length === 5 ? list : undefined;
+  }, 120_000);
+  for (const e of fromIp2) assert.match(await sendArf(listen, inboundPort, e, IP2, "promo.test"), /^250/);
   await eventually("complaints counted", async () => events.filter((e) => e.type === "complained" && e.source === IP2).length >= 5, 60_000);
   t.diagnostic(`yahoo complaints about ${IP2} in period ${currentPeriod}`);
+  // The complained-about domain pauses too (its mail waits in the queue); the other does not.
+  const promo = await eventually("promo.test pauses on its complaint rate", async () => {
+    const d = await env.get(path.domain(NS, "promo"));
+    return d?.status?.reputation?.state === "Paused" ? d : undefined;
+  }, 60_000);
+  assert.match(promo.status.reputation.reason, /^complaint rate .* reached the pause threshold 0\.50%/);
+  assert.equal((await env.get(path.domain(NS, "sender"))).status?.reputation?.state, "Healthy");
 
   await eventually(`day ${DAYS} over`, async () => dayOf() > DAYS, 600_000, 200);
   stopDemand = true;
@@ -268,13 +284,13 @@ test("warm-up: 30 days on an accelerated clock, 2 IPs x 3 providers", { timeout:
 });
 
 /** An ARF report (RFC 5965) from yahoo about one delivered message, to the relay's inbound listener. */
-async function sendArf(host: string, port: number, e: MailEvent, sourceIp: string): Promise<string> {
+async function sendArf(host: string, port: number, e: MailEvent, sourceIp: string, domain: string): Promise<string> {
   const b = "----=_arf_warmup";
   const rcpt = e.rcpts[0]!;
-  const returnPath = verpAddress(e.qid, "bounces.sender.test");
+  const returnPath = verpAddress(e.qid, `bounces.${domain}`);
   const raw = Buffer.from([
     "From: FBL <fbl@feedback.yahoo.test>",
-    "To: fbl@bounces.sender.test",
+    `To: fbl@bounces.${domain}`,
     "Subject: complaint",
     "MIME-Version: 1.0",
     `Content-Type: multipart/report; report-type=feedback-report; boundary="${b}"`,
@@ -293,13 +309,13 @@ async function sendArf(host: string, port: number, e: MailEvent, sourceIp: strin
     `Original-Mail-From: <${returnPath}>`,
     `Original-Rcpt-To: <${rcpt}>`,
     `Source-IP: ${sourceIp}`,
-    "Reported-Domain: sender.test",
+    `Reported-Domain: ${domain}`,
     "",
     `--${b}`,
     "Content-Type: text/rfc822-headers",
     "",
     `Return-Path: <${returnPath}>`,
-    "From: <app@sender.test>",
+    `From: <app@${domain}>`,
     `To: <${rcpt}>`,
     "Subject: warm",
     "",
@@ -308,7 +324,7 @@ async function sendArf(host: string, port: number, e: MailEvent, sourceIp: strin
   ].join("\r\n"));
   const tr = nodemailer.createTransport({ host, port, ignoreTLS: true, localAddress: "127.0.77.3", name: "mx.yahoo.test" });
   try {
-    return (await tr.sendMail({ envelope: { from: "fbl@feedback.yahoo.test", to: ["fbl@bounces.sender.test"] }, raw })).response;
+    return (await tr.sendMail({ envelope: { from: "fbl@feedback.yahoo.test", to: [`fbl@bounces.${domain}`] }, raw })).response;
   } catch (err) {
     return String((err as { response?: string }).response ?? (err as Error).message);
   } finally {
