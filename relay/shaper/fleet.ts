@@ -348,13 +348,15 @@ export class FleetLaneLimiter implements LaneLimiter {
   }
 
   /**
-   * The lane's connection cap as delivery sees it (how many parts it lines up at once): this
-   * relay's allowance plus what no live relay holds, as last read. Lining up more than it can get
-   * connections for would leave parts waiting past their slots' grace.
+   * The lane's connection cap as delivery sees it: how many parts it may have in flight. The fleet
+   * cap itself (connect() holds each relay to its allowance), so a relay can line up a whole batch
+   * of slots while its few connections carry them; on the local share, the share. (Capping it at
+   * what other relays do not hold, as last read, left a relay that joined a busy lane with 0 and it
+   * never asked for a connection: the fleet e2e scale-up delivered nothing from the new relays.)
    */
-  #potentialConnections(L: LaneLocal, max: number, now: number): number {
+  #potentialConnections(L: LaneLocal, max: number, _now: number): number {
     if (this.#isLocal()) return Math.min(max, localConnections(max, L.key.relays));
-    return Math.max(0, Math.min(max, max - othersConnections(L.key.known, this.#self, now, this.#lease)));
+    return max;
   }
 
   // ---- send slots -----------------------------------------------------------------------------
