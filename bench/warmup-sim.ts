@@ -130,7 +130,7 @@ try {
     const lane = `${e.source}/${e.provider}`;
     if (e.pool === "mail/warm" && e.type === "delivered") overflow.set(lane, (overflow.get(lane) ?? 0) + 1);
     if (e.type === "delivered" || e.type === "deferred" || (e.type === "bounced" && !e.async)) {
-      const k = `${lane}|${Math.floor(Date.parse(e.time) / PERIOD_MS)}`;
+      const k = `${lane}|${Math.floor(Date.parse(e.slotAt ?? e.time) / PERIOD_MS)}`;
       attempted.set(k, (attempted.get(k) ?? 0) + e.rcpts.length);
     }
   }

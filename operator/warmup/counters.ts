@@ -73,7 +73,8 @@ export function laneDelta(e: MailEvent): { pool: string; lane: string; domain?: 
     default:
       return null;
   }
-  const time = Date.parse(e.time);
+  // The day of the send slot the attempt spent (the shaper's quota window), else of the event.
+  const time = Date.parse(e.slotAt ?? e.time);
   if (!Number.isFinite(time)) return null;
   return { pool: e.pool, lane: `${e.source}/${e.provider}`, ...(e.domain ? { domain: `${e.domain.toLowerCase()}/${e.provider}` } : {}), time, delta: d };
 }

@@ -30,6 +30,11 @@ export interface MailEvent {
   attempts: number;
   /** ISO 8601. */
   time: string;
+  /**
+   * The shaper's send slot the attempt spent (ISO 8601). Warm-up counts an attempt in the day of its
+   * slot, as the shaper's quota did: a transaction that ends just after midnight is yesterday's.
+   */
+  slotAt?: string;
   mx?: string;
   tls?: boolean;
   /** Response rule that decided, when one did. */

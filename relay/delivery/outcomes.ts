@@ -76,6 +76,8 @@ export function wantsDsn(env: Envelope, domain: DomainPlan | undefined, rcpt: st
 
 export interface LaneInfo {
   source?: string;
+  /** The shaper's send slot the attempt spent (ms): quotas count the attempt in its window. */
+  slot?: number;
   provider?: string;
   mx?: string;
   tls?: boolean;
@@ -135,6 +137,7 @@ export class Outcomes {
       ...(first?.rule ? { rule: first.rule } : {}),
       attempts: env.attempts + 1,
       time: new Date(this.#d.now()).toISOString(),
+      ...(lane.slot !== undefined ? { slotAt: new Date(lane.slot).toISOString() } : {}),
       ...(lane.mx ? { mx: lane.mx } : {}),
       ...(lane.tls !== undefined ? { tls: lane.tls } : {}),
       ...(env.messageId ? { messageId: env.messageId } : {}),

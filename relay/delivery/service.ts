@@ -420,7 +420,7 @@ export class Delivery implements Component {
       }
       const plan = this.#ctx.plan();
       const provider = plan?.providers.get(lane.provider);
-      const laneInfo = { source: lane.address, provider: lane.provider };
+      const laneInfo = { source: lane.address, provider: lane.provider, ...(slot !== null ? { slot } : {}) };
       const policy = plan?.plan.delivery;
       if (policy && this.#ctx.clock.now() >= env.acceptedAt + policy.expiryMs) {
         // Held past its expiry (lanes closed for a long time): bounce without another try.
