@@ -109,8 +109,18 @@ export async function startEnv(o: { name: string; withControllers?: boolean; nod
     crdsDir: join(PROJECT_ROOT, "crds"),
     apiserverArgs: [`--audit-policy-file=${auditPolicy}`, `--audit-log-path=${auditLog}`, "--audit-log-maxsize=0"],
   });
-  const nats = await startNats({ dir: join(dir, "nats"), nodes: 1 });
-  const dns = await startDns({ dir: join(dir, "dns"), address: o.dnsAddress, records: o.dnsRecords ?? [] });
+  // What started is stopped when a later part cannot start (an address in use), or its processes
+  // would keep the test file alive until the runner's timeout.
+  let nats: Awaited<ReturnType<typeof startNats>> | undefined;
+  let dns: Awaited<ReturnType<typeof startDns>>;
+  try {
+    nats = await startNats({ dir: join(dir, "nats"), nodes: 1 });
+    dns = await startDns({ dir: join(dir, "dns"), address: o.dnsAddress, records: o.dnsRecords ?? [] });
+  } catch (err) {
+    await nats?.stop().catch(() => {});
+    await cp.stop().catch(() => {});
+    throw err;
+  }
   const req = (method: string, path: string, body?: unknown, contentType?: string) => cp.request(method, path, body, contentType);
   const must = async (r: Promise<KubeResponse>, what: string) => {
     const res = await r;
