@@ -24,6 +24,21 @@ export function addCounters(a: LaneCounters, b: LaneCounters): LaneCounters {
   };
 }
 
+/**
+ * Adds lanes' counters for a judgement across them (an address, a domain): every attempt counts,
+ * but delivered and complaints only from lanes whose provider reports complaints, so the complaint
+ * rate's denominator is the mail that could have drawn a complaint; null while none could.
+ */
+export function addAcrossLanes(into: LaneCounters, c: LaneCounters): void {
+  into.attempted += c.attempted;
+  into.deferred += c.deferred;
+  into.bounced += c.bounced;
+  if (c.complaints !== null) {
+    into.delivered += c.delivered;
+    into.complaints = (into.complaints ?? 0) + c.complaints;
+  }
+}
+
 export type LaneWarmup = {
   /** Index into the lane's stages. */
   stage: number;

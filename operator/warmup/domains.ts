@@ -6,7 +6,7 @@
 import type { DomainReputationStatus } from "../../api/v1alpha1/index.ts";
 import type { DesiredCondition } from "../runtime/conditions.ts";
 import { type PeriodDoc, countersOf, periodOf } from "./counters.ts";
-import { type LaneCounters, type ReputationPolicy, ZERO, judgeReputation, rates } from "./decide.ts";
+import { addAcrossLanes, type LaneCounters, type ReputationPolicy, ZERO, judgeReputation, rates } from "./decide.ts";
 import type { Notice } from "./lanes.ts";
 
 /** The condition type the engine writes on SendingDomain status. */
@@ -30,14 +30,7 @@ export function domainWindow(
       const doc = src.counts(p);
       if (!doc?.domains) continue;
       for (const pr of providers) {
-        const c = countersOf(doc.domains[`${d}/${pr.name}`], pr.feedbackLoop);
-        agg.attempted += c.attempted;
-        agg.deferred += c.deferred;
-        agg.bounced += c.bounced;
-        if (c.complaints !== null) {
-          agg.delivered += c.delivered;
-          agg.complaints = (agg.complaints ?? 0) + c.complaints;
-        }
+        addAcrossLanes(agg, countersOf(doc.domains[`${d}/${pr.name}`], pr.feedbackLoop));
       }
     }
   }

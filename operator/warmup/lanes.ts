@@ -17,7 +17,7 @@ import type { LaneRuleState } from "../../relay/shaper/state.ts";
 import { hourlyOf, laneOverrides } from "../plan/compile.ts";
 import { type PeriodDoc, countersOf, periodOf } from "./counters.ts";
 import {
-  type LaneCounters, type LaneWarmup, type ReputationPolicy, type ReputationState, ZERO, addCounters, endOfDay, judgeReputation, newLane, rates,
+  type LaneCounters, type LaneWarmup, addAcrossLanes, type ReputationPolicy, type ReputationState, ZERO, addCounters, endOfDay, judgeReputation, newLane, rates,
 } from "./decide.ts";
 
 /** w: the lane's warm-up (absent when the pool does not warm up). */
@@ -215,14 +215,7 @@ export function stepPool(inp: StepInput): StepOutput {
     // them (delivered counts only there, as the complaint rate's denominator).
     const agg = { ...ZERO, complaints: null as number | null };
     for (const k of keys.filter((x) => x.address === address)) {
-      const w = windows.get(k.key)!;
-      agg.attempted += w.attempted;
-      agg.deferred += w.deferred;
-      agg.bounced += w.bounced;
-      if (w.complaints !== null) {
-        agg.delivered += w.delivered;
-        agg.complaints = (agg.complaints ?? 0) + w.complaints;
-      }
+      addAcrossLanes(agg, windows.get(k.key)!);
     }
     const curState = st.addresses[address] ?? { state: "Healthy" };
     const r = judgeReputation(policy, agg, [], curState, now);
