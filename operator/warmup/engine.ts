@@ -289,16 +289,20 @@ export class WarmupEngine {
         const raw = ctx.inf.domains.get(ns, d.metadata.name);
         if (!raw) continue;
         const { conditions } = conditionsFor(raw, [step.condition], [DOMAIN_PAUSED_CONDITION], now);
-        if (!statusDiffers(raw.status as Record<string, unknown> | undefined, { reputation: step.reputation, conditions })) continue;
+        // Only what the engine owns is compared: server-side apply keeps the conditions list in the
+        // server's order (ours last), which the merged list from conditionsFor does not follow.
+        const ours = conditions.filter((c) => c.type === DOMAIN_PAUSED_CONDITION);
+        const live = raw.status as { reputation?: DomainReputationStatus; conditions?: { type: string }[] } | undefined;
+        const liveOurs = { reputation: live?.reputation, conditions: (live?.conditions ?? []).filter((c) => c.type === DOMAIN_PAUSED_CONDITION) };
+        if (!statusDiffers(liveOurs, { reputation: step.reputation, conditions: ours })) continue;
         // A change of state, reason or warning is written at once; fresher rates alone at most every
         // DOMAIN_RATES_EVERY_MS (each write also wakes the plan compiler through the domain watch).
-        const cur = (raw.status as { reputation?: DomainReputationStatus } | undefined)?.reputation;
+        const cur = live?.reputation;
         // (A warning's kind is part of the gist, its figure is not: the condition's reason follows these.)
         const gist = (r: DomainReputationStatus | undefined) => JSON.stringify([r?.state, r?.until, r?.reason, r?.warning?.replace(/ [\d.]+%.*$/, "")]);
         if (gist(cur) === gist(step.reputation) && now - (this.domainWrites.get(id) ?? 0) < DOMAIN_RATES_EVERY_MS) continue;
         // Server-side apply of only what the engine owns: the domain controller's conditions stay
         // (a map list), and a reputation field no longer set (until, warning) is removed.
-        const ours = conditions.filter((c) => c.type === DOMAIN_PAUSED_CONDITION);
         const out = await ctx.client.apply({
           apiVersion: raw.apiVersion, kind: raw.kind, metadata: { name: raw.metadata.name, namespace: raw.metadata.namespace },
           status: { reputation: step.reputation satisfies DomainReputationStatus, conditions: ours },
