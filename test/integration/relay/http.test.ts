@@ -1,15 +1,15 @@
 // The HTTP injection API with the same rules as SMTP: Basic auth over TLS only, trusted networks,
 // sender and From domains, suppression, size, durability before the reply; one-click unsubscribe;
-// /metrics, /healthz, /readyz. Addresses: relay 127.0.40.1, trusted 127.0.41.0/24, untrusted 127.0.42.5.
+// /metrics, /healthz, /readyz. Addresses: relay 127.0.44.1, trusted 127.0.45.0/24, untrusted 127.0.46.5.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { domainPlan, makeDkimKeys, makePlan, PASSWORD, startRelayFixture, eventually } from "./fixture.ts";
 
-const HOST = "127.0.40.1";
-const TRUSTED = "127.0.41.9";
-const UNTRUSTED = "127.0.42.5";
+const HOST = "127.0.44.1";
+const TRUSTED = "127.0.45.9";
+const UNTRUSTED = "127.0.46.5";
 
 interface Res { status: number; body: any; headers: Record<string, string | string[] | undefined> }
 
@@ -45,7 +45,7 @@ test("HTTP injection API", { timeout: 600_000 }, async (t) => {
       domainPlan("example.com", { listUnsubscribe: { mode: "OneClick", url: "https://unsub.example.com/u/{token}" }, suppression: { onSubmit: "Refuse", complaintTtlMs: 0, unsubscribeTtlMs: 86_400_000, hardBounceTtlMs: 0 } }, keys),
       domainPlan("other.example"),
     ],
-    networks: [{ cidr: "127.0.41.0/24", domains: ["example.com"] }],
+    networks: [{ cidr: "127.0.45.0/24", domains: ["example.com"] }],
     credentials: [{ username: "app", domains: ["example.com"] }],
   });
   const f = await startRelayFixture(t, { host: HOST, plan, keys });
@@ -68,7 +68,7 @@ test("HTTP injection API", { timeout: 600_000 }, async (t) => {
     assert.match(r.body.queueId, /^[0-9a-z]{20}$/);
     const env = (await f.envelopes()).find((e) => e.id === r.body.queueId);
     assert.ok(env, "stored before the reply");
-    assert.equal(env.submitter, "net:127.0.41.0/24");
+    assert.equal(env.submitter, "net:127.0.45.0/24");
     const body = (await f.body(env)).toString();
     assert.match(body, /^DKIM-Signature: /);
     assert.match(body, /^Subject: hi\r\n/m);
