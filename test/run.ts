@@ -8,17 +8,24 @@
 // images with podman; the `core` lane holds the rest. Each file picks its own 127.0.x addresses
 // (see the file's header), distinct across files.
 //
+// In each lane the files that need no Kubernetes tools run first. On a bare machine .ci/run builds
+// nats-server, then starts the long Kubernetes, kwok and helm builds in the background and runs the
+// suite at once: the lanes wait for those builds (ensureTools waits on the build lock) only before
+// their first file that needs them. With the tools cached there is no wait.
+//
 //   node test/run.ts                  the whole suite (what npm test runs)
 //   node test/run.ts <files...>       only these files, one lane, one at a time
-//   MAILFLEET_TEST_LANES=1            the whole suite in one lane (as before the split)
+//   MAILFLEET_TEST_LANES=1            the whole suite in one lane
 //
 // Output: every line is prefixed with its lane while it runs; at the end each lane's totals and
 // one "✖ failing tests:" list with the failures of both, unprefixed, as node's spec reporter prints it.
 import { spawn } from "node:child_process";
-import { globSync } from "node:fs";
+import { existsSync, globSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
+import { ensureTools } from "./env/tools.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
+const ROOT = resolve(import.meta.dirname, "..");
 const FLEET_LANE = [
   /^test\/unit\//, // quick; some bind 127.0.200.x as the runner does
   /^test\/e2e\//,
@@ -27,8 +34,26 @@ const FLEET_LANE = [
   /^test\/integration\/(operator-lifecycle|operator-quiet|operator-ha|operator-validation|reputation)\.test\.ts$/,
 ];
 
+/**
+ * Whether a test file needs the Kubernetes tools (kube-apiserver & co, etcd, kwok, helm): it
+ * reaches test/env/controlplane.ts through its relative imports, or runs `mailfleet local up`.
+ */
+function needsKubernetes(file: string, seen = new Set<string>()): boolean {
+  if (seen.has(file)) return false;
+  seen.add(file);
+  if (file.endsWith(join("test", "env", "controlplane.ts"))) return true;
+  const src = readFileSync(file, "utf8");
+  if (/["']local["'],\s*["']up["']/.test(src)) return true;
+  for (const m of src.matchAll(/(?:from|import\()\s*["'](\.{1,2}\/[^"']+\.ts)["']/g)) {
+    const dep = resolve(dirname(file), m[1]!);
+    if (existsSync(dep) && needsKubernetes(dep, seen)) return true;
+  }
+  return false;
+}
+
 type Lane = { name: string; files: string[] };
-type LaneResult = { name: string; code: number; totals: string[]; failing: string[]; seconds: number };
+const TOTALS = ["tests", "suites", "pass", "fail", "cancelled", "skipped", "todo"] as const;
+type LaneResult = { name: string; ok: boolean; totals: Record<string, number>; failing: string[]; seconds: number };
 
 function lanes(args: string[]): Lane[] {
   if (args.length > 0) return [{ name: "files", files: args }];
@@ -38,46 +63,71 @@ function lanes(args: string[]): Lane[] {
   return [{ name: "fleet", files: fleet }, { name: "core", files: all.filter((f) => !fleet.includes(f)) }];
 }
 
+// One wait for the tools, shared by the lanes (ensureTools builds what is missing, or waits for
+// the build another process holds the lock for).
+let tools: Promise<void> | undefined;
+const toolsReady = () => (tools ??= ensureTools());
+
 const children = new Set<ReturnType<typeof spawn>>();
 // Ctrl-C and CI's SIGTERM go on to the lanes (each test file's own cleanup then stops its processes).
 for (const sig of ["SIGINT", "SIGTERM"] as const) {
   process.on(sig, () => { for (const c of children) c.kill(sig); });
 }
 
-function runLane(lane: Lane, width: number): Promise<LaneResult> {
-  const started = Date.now();
-  const child = spawn(process.execPath, ["--test", "--test-concurrency=1", "--test-timeout=900000", "--test-reporter=spec", ...lane.files], {
+/** `node --test` over some files, its output prefixed; its totals and failing-tests section collected. */
+function runFiles(files: string[], prefix: string, into: LaneResult): Promise<void> {
+  const child = spawn(process.execPath, ["--test", "--test-concurrency=1", "--test-timeout=900000", "--test-reporter=spec", ...files], {
     cwd: ROOT,
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE ?? `${ROOT}node_modules/.cache/node-compile-cache`, FORCE_COLOR: "0" },
+    env: { ...process.env, NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE ?? join(ROOT, "node_modules", ".cache", "node-compile-cache"), FORCE_COLOR: "0" },
   });
   children.add(child);
-  const prefix = `${lane.name.padEnd(width)} │ `;
-  const totals: string[] = [];
-  const failing: string[] = [];
   let inFailing = false;
   const onLine = (line: string) => {
     process.stdout.write(prefix + line + "\n");
-    if (/^ℹ (tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) /.test(line)) totals.push(line);
+    const t = /^ℹ (\w+) (\d+)$/.exec(line);
+    if (t && (TOTALS as readonly string[]).includes(t[1]!)) into.totals[t[1]!] = (into.totals[t[1]!] ?? 0) + Number(t[2]);
     if (/^✖ failing tests:/.test(line)) inFailing = true;
-    else if (inFailing) failing.push(line);
+    else if (inFailing) into.failing.push(line);
   };
   createInterface({ input: child.stdout }).on("line", onLine);
   createInterface({ input: child.stderr }).on("line", onLine);
-  return new Promise((resolve) => {
+  return new Promise((done) => {
     child.on("close", (code, signal) => {
       children.delete(child);
-      resolve({ name: lane.name, code: code ?? (signal ? 1 : 0), totals, failing, seconds: Math.round((Date.now() - started) / 1000) });
+      if (code !== 0 || signal) into.ok = false;
+      done();
     });
   });
+}
+
+async function runLane(lane: Lane, width: number): Promise<LaneResult> {
+  const started = Date.now();
+  const prefix = `${lane.name.padEnd(width)} │ `;
+  const result: LaneResult = { name: lane.name, ok: true, totals: {}, failing: [], seconds: 0 };
+  const early = lane.files.filter((f) => !needsKubernetes(join(ROOT, f)));
+  const late = lane.files.filter((f) => !early.includes(f));
+  if (early.length) await runFiles(early, prefix, result);
+  if (late.length) {
+    try {
+      await toolsReady();
+      await runFiles(late, prefix, result);
+    } catch (e) {
+      result.ok = false;
+      result.failing.push(`the Kubernetes tools could not be built, so ${late.length} files did not run: ${(e as Error).message}`);
+    }
+  }
+  result.seconds = Math.round((Date.now() - started) / 1000);
+  return result;
 }
 
 const ls = lanes(process.argv.slice(2));
 const width = Math.max(...ls.map((l) => l.name.length));
 const results = await Promise.all(ls.map((l) => runLane(l, width)));
 for (const r of results) {
-  process.stdout.write(`\n${r.name} lane: ${r.code === 0 ? "passed" : `FAILED (exit ${r.code})`} in ${r.seconds}s\n${r.totals.join("\n")}\n`);
+  const totals = TOTALS.map((k) => `ℹ ${k} ${r.totals[k] ?? 0}`).join("\n");
+  process.stdout.write(`\n${r.name} lane: ${r.ok ? "passed" : "FAILED"} in ${r.seconds}s\n${totals}\n`);
 }
 const failing = results.flatMap((r) => r.failing);
 if (failing.length > 0) process.stdout.write(`\n✖ failing tests:\n${failing.join("\n")}\n`);
-process.exitCode = results.some((r) => r.code !== 0) ? 1 : 0;
+process.exitCode = results.every((r) => r.ok) ? 0 : 1;
