@@ -36,6 +36,13 @@ import type { RuleActivation } from "./local.ts";
 
 const SENDING_STATES = new Set(["Healthy", "Throttled"]);
 const DAY_MS = 86_400_000;
+/**
+ * A relay that found every connection of a key held by live relays reads the key again for another
+ * connection at most this often. Its reservations read the key anyway (every lead time), and other
+ * relays free connections only when idle for 10 s or when their lease ends, so a quicker recheck
+ * would cost a NATS request and reply a second per busy lane and relay for nothing.
+ */
+const FULL_RECHECK_MS = 3000;
 
 export interface FleetLimiterOptions {
   store: ShaperStore;
@@ -582,7 +589,14 @@ export class FleetLaneLimiter implements LaneLimiter {
         const { batch, horizon } = this.#sizing(L, limit, relays, now);
         let s: SlotState = cur.s ?? { tat: 0 };
         if (release.length) s = releaseSlots(s, limit, release);
-        if (L.key.local) s = addSpent(s, L.key.local.s);
+        // Back from the local share: its quota use counts, and the fleet's chain resumes after the
+        // slots delivery still holds (made on the local share, spent after the rejoin; a chain
+        // resumed at `now` would put fleet slots beside them, over the limit). The local stock
+        // not handed out is dropped on the rejoin, so it does not push the chain.
+        if (L.key.local) {
+          const held = L.out.size ? Math.max(...L.out.keys()) + intervalMs(limit) : 0;
+          s = { ...addSpent(s, L.key.local.s), tat: Math.max(s.tat, held) };
+        }
         const r = reserve(s, limit, batch, now, horizon);
         // Slots are useless without a connection: ask for one in the same write (only then: a
         // relay that gets no slots must not hold a connection another relay could use).
@@ -808,7 +822,7 @@ export class FleetLaneLimiter implements LaneLimiter {
       k.lastBusy = now;
       if (this.#isLocal() || max === null) return { retryAt: now + 250 };
       // Every connection held by live relays as of a recent read: ask again later, without I/O.
-      if (k.known && now - k.readAt < 1000 && k.conns + othersConnections(k.known, this.#self, now, this.#lease) >= max) return { retryAt: now + 250 };
+      if (k.known && now - k.readAt < FULL_RECHECK_MS && k.conns + othersConnections(k.known, this.#self, now, this.#lease) >= max) return { retryAt: now + 250 };
       try {
         await this.#update(k, (cur, t) => {
           const r = touchRelay(cur, this.#self, t, this.#lease, k.open + 1, max);
