@@ -6,6 +6,7 @@ import { providerFor, hostMatches } from "../../relay/routing/provider.ts";
 import { groupByDomain, splitEnvelope, nullMxReply, type RouteDecision } from "../../relay/routing/split.ts";
 import { nextAttempt, retryDelayMs } from "../../relay/delivery/backoff.ts";
 import type { Envelope } from "../../relay/queue/envelope.ts";
+import { Router, recipientsPerTransaction } from "../../relay/routing/router.ts";
 
 function provider(name: string, domains: string[], mxSuffixes: string[], rpm = 50): ProviderPlan {
   return {
@@ -75,6 +76,28 @@ test("split: domains routed earlier are skipped, failed DNS waits", () => {
     d === "y.test" ? { kind: "retry", reply: "451 4.4.3 later" } : { kind: "deliver", provider: "default", mx: [], recipientsPerMessage: 5 });
   assert.equal(r.parts.length, 0);
   assert.deepEqual(r.retry, [{ domain: "y.test", rcpts: ["b@y.test"], reply: "451 4.4.3 later" }]);
+});
+
+test("a pool warming a provider sends one recipient per transaction to it (quotas count recipients, slots count transactions)", () => {
+  const lane = (provider: string, dailyQuota: number | null, hourlyQuota: number | null = null) => ({
+    address: "192.0.2.1", provider, state: "Healthy" as const, shape: providers[0]!.lane, dailyQuota, hourlyQuota, stage: dailyQuota === null ? null : 0,
+  });
+  const pool = (lanes: ReturnType<typeof lane>[]) => ({
+    id: "mail/p", namespace: "mail", name: "p", addresses: [], egress: { mode: "PerAddress" as const, bindAddress: true }, overflowPool: null, warmup: null, lanes,
+  });
+  const google = providers[0]!;
+  assert.equal(recipientsPerTransaction(google, undefined), 50);
+  assert.equal(recipientsPerTransaction(google, pool([lane("google", null)])), 50);
+  assert.equal(recipientsPerTransaction(google, pool([lane("microsoft", 100), lane("google", null)])), 50, "another provider's quota");
+  assert.equal(recipientsPerTransaction(google, pool([lane("google", 100)])), 1);
+  assert.equal(recipientsPerTransaction(google, pool([lane("google", null, 10)])), 1, "an hourly quota alone");
+  // Through the route decision and the split: 3 gmail recipients, 3 parts.
+  const d = Router.decision("gmail.com", { kind: "mx", hosts: [{ host: "gmail-smtp-in.l.google.com", preference: 5 }] }, providers, pool([lane("google", 100)]));
+  assert.deepEqual(d.kind === "deliver" && d.recipientsPerMessage, 1);
+  const env = { id: "q1", part: 0, rcpts: ["a@gmail.com", "b@gmail.com", "c@gmail.com"] } as unknown as Envelope;
+  assert.equal(splitEnvelope(env, () => d).parts.length, 3);
+  const bulk = Router.decision("gmail.com", { kind: "mx", hosts: [{ host: "gmail-smtp-in.l.google.com", preference: 5 }] }, providers, pool([lane("google", null)]));
+  assert.equal(splitEnvelope(env, () => bulk).parts.length, 1);
 });
 
 test("backoff: exponential with jitter, capped, last try at expiry", () => {
