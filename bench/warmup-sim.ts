@@ -48,7 +48,7 @@ try {
   await env.apply(ns("mail"));
   await env.apply(provider("default", {}));
   for (const p of PROVIDERS) await env.apply(provider(p, { match: { domains: [DOMAINS[p]] }, feedbackLoop: p === "gmail" ? "None" : "ARF", shaping: { maxConnections: 2 } }));
-  await env.apply(schedule("mail", "fast", { period: "8s", stages: STAGES, advance: { minSample: 5 } }));
+  await env.apply(schedule("mail", "fast", { period: `${PERIOD_MS / 1000}s`, stages: STAGES, advance: { minSample: 5 } }));
   await env.apply(pool("mail", "warm", { addresses: [{ address: WARM_IP, hostname: "w1.sim.test" }] }));
   await env.apply(pool("mail", "outbound", {
     addresses: IPS.map((a, i) => ({ address: a, hostname: `o${i + 1}.sim.test` })), warmupScheduleRef: { name: "fast" }, overflowPoolRef: { name: "warm" },
