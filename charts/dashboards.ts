@@ -135,7 +135,7 @@ export const DASHBOARDS: DashboardSpec[] = [
     file: "warmup.json",
     uid: "mailfleet-warmup",
     title: "mailfleet / Warm-up",
-    description: "Warm-up progress per lane (source IP x provider): stage, today's quota and what was sent, holds.",
+    description: "Warm-up progress per lane (source IP x provider): stage, today's quota and what was sent, holds; sending domains paused on their rates.",
     variables: ["pool", "provider", "source_ip"],
     rows: [
       {
@@ -157,6 +157,18 @@ export const DASHBOARDS: DashboardSpec[] = [
           { title: "Deferred and bounced per lane", type: "timeseries", unit: "reqps", w: 12, description: "Recipients deferred or bounced per second, by lane.", targets: [
             { expr: `sum by (source_ip, provider) (rate(mailfleet_deferred_total{${LANE}}[${RI}]))`, legend: "deferred {{source_ip}} {{provider}}" },
             { expr: `sum by (source_ip, provider) (rate(mailfleet_bounced_total{${LANE}}[${RI}]))`, legend: "bounced {{source_ip}} {{provider}}" },
+          ] },
+        ],
+      },
+      {
+        // Per SendingDomain (operator gauges from status.reputation): no pool, provider or address
+        // label, so the dashboard's variables do not filter these.
+        title: "Sending domains",
+        panels: [
+          { title: "Paused sending domains", type: "table", w: 12, description: "1 for each SendingDomain the warm-up engine paused on its bounce or complaint rate (its mail is held in the queue until the pause ends), 0 for the others. All pools.", targets: [{ expr: "max by (sendingdomain, domain) (mailfleet_operator_domain_paused)", instant: true, format: "table" }] },
+          { title: "Domain bounce and complaint rates", type: "timeseries", unit: "percentunit", w: 12, description: "Each SendingDomain's bounce and complaint rate over its pool's reputation window, as the warm-up engine judges them for a pause. All pools.", targets: [
+            { expr: "max by (sendingdomain, domain) (mailfleet_operator_domain_bounce_rate)", legend: "bounce {{domain}}" },
+            { expr: "max by (sendingdomain, domain) (mailfleet_operator_domain_complaint_rate)", legend: "complaint {{domain}}" },
           ] },
         ],
       },

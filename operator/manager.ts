@@ -21,7 +21,7 @@ import { type Cache, Informer, MultiInformer } from "./runtime/informer.ts";
 import { KubeClient, RESOURCES, type Resource, resolveConnection } from "./runtime/kube.ts";
 import { LeaderElector } from "./runtime/leader.ts";
 import { type Logger, makeLogger } from "./runtime/log.ts";
-import { Metrics, unverifiedRecords } from "./runtime/metrics.ts";
+import { Metrics, domainReputation, unverifiedRecords } from "./runtime/metrics.ts";
 import { DOMAIN_LABEL, type KubeObject, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL, keyOf } from "./runtime/types.ts";
 import { WebhookServer } from "./webhook/server.ts";
 import { CounterStore } from "./warmup/counters.ts";
@@ -103,6 +103,7 @@ export async function startOperator(cfg: OperatorConfig, o: { log?: Logger } = {
   };
   const world = new World(inf);
   metrics.sources.domainRecords = () => unverifiedRecords(inf.domains.list());
+  metrics.sources.domainReputation = () => domainReputation(inf.domains.list());
   metrics.sources.natsConnected = () => store.connected();
 
   // Controllers (started only while leading).

@@ -21,6 +21,29 @@ export function unverifiedRecords(domains: { metadata: { namespace?: string; nam
   return out;
 }
 
+export type DomainReputationRow = { sendingdomain: string; domain: string; paused: boolean; bounceRate?: number; complaintRate?: number };
+
+/**
+ * Per SendingDomain, its reputation as the warm-up engine last wrote it (status.reputation):
+ * mailfleet_operator_domain_paused (alert MailfleetSendingDomainPaused) and the window's bounce and
+ * complaint rates. A domain whose status has no reputation yet has no series, and a rate the status
+ * leaves out (nothing attempted) or null (no provider it sent to reports complaints) has none.
+ */
+export function domainReputation(domains: { metadata: { namespace?: string; name: string }; spec?: unknown; status?: unknown }[]): DomainReputationRow[] {
+  const out: DomainReputationRow[] = [];
+  for (const d of domains) {
+    const rep = (d.status as { reputation?: { state?: string; bounceRate?: number; complaintRate?: number | null } } | undefined)?.reputation;
+    const domain = (d.spec as { domain?: string } | undefined)?.domain;
+    if (!rep?.state || !domain) continue;
+    out.push({
+      sendingdomain: `${d.metadata.namespace}/${d.metadata.name}`, domain, paused: rep.state === "Paused",
+      ...(typeof rep.bounceRate === "number" ? { bounceRate: rep.bounceRate } : {}),
+      ...(typeof rep.complaintRate === "number" ? { complaintRate: rep.complaintRate } : {}),
+    });
+  }
+  return out;
+}
+
 export class Metrics {
   readonly registry = new Registry();
   readonly reconcileTotal: Counter<"controller" | "result">;
@@ -47,8 +70,11 @@ export class Metrics {
   readonly laneWarmupHeld: Gauge<"pool" | "source_ip" | "provider">;
   readonly natsConnected: Gauge;
   readonly domainRecordsUnverified: Gauge<"sendingdomain" | "domain">;
+  readonly domainPaused: Gauge<"sendingdomain" | "domain">;
+  readonly domainBounceRate: Gauge<"sendingdomain" | "domain">;
+  readonly domainComplaintRate: Gauge<"sendingdomain" | "domain">;
   /** What the scrape-time gauges read (the manager sets them once its caches and NATS client exist). */
-  readonly sources: { natsConnected?: () => boolean; domainRecords?: () => UnverifiedRecords[] } = {};
+  readonly sources: { natsConnected?: () => boolean; domainRecords?: () => UnverifiedRecords[]; domainReputation?: () => DomainReputationRow[] } = {};
 
   constructor() {
     const r = [this.registry];
@@ -90,5 +116,20 @@ export class Metrics {
         for (const x of sources.domainRecords?.() ?? []) this.set({ sendingdomain: x.sendingdomain, domain: x.domain }, x.unverified);
       },
     });
+    // Each reads the list at its own collect: the informer's list is in memory, so one read per
+    // gauge and scrape costs little and keeps the gauges independent.
+    const domainGauge = (name: string, help: string, value: (x: DomainReputationRow) => number | undefined) => new Gauge({
+      name, help, labelNames: ["sendingdomain", "domain"], registers: r,
+      collect() {
+        this.reset();
+        for (const x of sources.domainReputation?.() ?? []) {
+          const v = value(x);
+          if (v !== undefined) this.set({ sendingdomain: x.sendingdomain, domain: x.domain }, v);
+        }
+      },
+    });
+    this.domainPaused = domainGauge("mailfleet_operator_domain_paused", "1 while the warm-up engine holds a SendingDomain's mail (status.reputation.state Paused), else 0.", (x) => (x.paused ? 1 : 0));
+    this.domainBounceRate = domainGauge("mailfleet_operator_domain_bounce_rate", "A SendingDomain's bounce rate over its reputation window (status.reputation.bounceRate).", (x) => x.bounceRate);
+    this.domainComplaintRate = domainGauge("mailfleet_operator_domain_complaint_rate", "A SendingDomain's complaint rate over its reputation window (status.reputation.complaintRate); no series while no provider it sent to reports complaints.", (x) => x.complaintRate);
   }
 }
