@@ -8,13 +8,15 @@
 // images with podman; the `core` lane holds the rest. Each file picks its own 127.0.x addresses
 // (see the file's header), distinct across files.
 //
-// In each lane the files that need no Kubernetes tools run first. On a bare machine .ci/run builds
-// nats-server, then starts the long Kubernetes, kwok and helm builds in the background and runs the
-// suite at once: the lanes wait for those builds (ensureTools waits on the build lock) only before
-// their first file that needs them. With the tools cached there is no wait.
+// In each lane the files that need only nats-server run first, then those that need etcd and
+// Kubernetes too, then those that need kwok or helm as well. On a bare machine .ci/run builds
+// nats-server, then builds etcd, Kubernetes, kwok and helm in that order in the background and runs
+// the suite at once: a lane waits for a build only before its first file that needs it. With the
+// tools cached there is no wait.
 //
 //   node test/run.ts                  the whole suite (what npm test runs)
 //   node test/run.ts <files...>       only these files, one lane, one at a time
+//   node test/run.ts --list           each file's lane and the tools it needs (nats, kubernetes, all)
 //   MAILFLEET_TEST_LANES=1            the whole suite in one lane
 //
 // Output: every line is prefixed with its lane while it runs; at the end each lane's totals and
@@ -34,21 +36,34 @@ const FLEET_LANE = [
   /^test\/integration\/(operator-lifecycle|operator-quiet|operator-ha|operator-validation|reputation)\.test\.ts$/,
 ];
 
+/** What a test file needs of the tools built from Go: nats-server only, also etcd and Kubernetes, or all (kwok, helm too). */
+type Needs = "nats" | "kubernetes" | "all";
+const NEEDS_ORDER: Needs[] = ["nats", "kubernetes", "all"];
+// Modules that start kwok nodes or run helm for every caller (the control plane module itself
+// starts kwok only when asked: its callers say so, below).
+const ALL_TOOLS = ["fleet.ts", "local.ts", "chart.ts"].map((f) => join(ROOT, "test", "env", f));
+const CONTROL_PLANE = join(ROOT, "test", "env", "controlplane.ts");
+
 /**
- * Whether a test file needs the Kubernetes tools (kube-apiserver & co, etcd, kwok, helm): it
- * reaches test/env/controlplane.ts through its relative imports, or runs `mailfleet local up`.
+ * Found through the file's relative imports: it reaches test/env/controlplane.ts (kubernetes), or
+ * a module in ALL_TOOLS, or the file itself names kwok or helm, starts the controllers, or runs
+ * `mailfleet local up` (all).
  */
-function needsKubernetes(file: string, seen = new Set<string>()): boolean {
-  if (seen.has(file)) return false;
+function needsOf(file: string, seen = new Set<string>()): Needs {
+  if (seen.has(file)) return "nats";
   seen.add(file);
-  if (file.endsWith(join("test", "env", "controlplane.ts"))) return true;
+  if (ALL_TOOLS.includes(file)) return "all";
+  if (file === CONTROL_PLANE) return "kubernetes";
   const src = readFileSync(file, "utf8");
-  if (/["']local["'],\s*["']up["']/.test(src)) return true;
+  if (file.endsWith(".test.ts") && /\bkwok\b|\bhelm\b|controllers:\s*true|["']local["'],\s*["']up["']/.test(src)) return "all";
+  let most: Needs = "nats";
   for (const m of src.matchAll(/(?:from|import\()\s*["'](\.{1,2}\/[^"']+\.ts)["']/g)) {
     const dep = resolve(dirname(file), m[1]!);
-    if (existsSync(dep) && needsKubernetes(dep, seen)) return true;
+    if (!existsSync(dep)) continue;
+    const n = needsOf(dep, seen);
+    if (NEEDS_ORDER.indexOf(n) > NEEDS_ORDER.indexOf(most)) most = n;
   }
-  return false;
+  return most;
 }
 
 type Lane = { name: string; files: string[] };
@@ -63,10 +78,13 @@ function lanes(args: string[]): Lane[] {
   return [{ name: "fleet", files: fleet }, { name: "core", files: all.filter((f) => !fleet.includes(f)) }];
 }
 
-// One wait for the tools, shared by the lanes (ensureTools builds what is missing, or waits for
-// the build another process holds the lock for).
-let tools: Promise<void> | undefined;
-const toolsReady = () => (tools ??= ensureTools());
+// The waits for the tools, shared by the lanes (ensureTools builds what is missing, or waits for
+// the build another process holds the lock for, returning as soon as what it asked for is there).
+const waits = new Map<Needs, Promise<void>>();
+const toolsFor = (n: Needs) => {
+  if (!waits.has(n)) waits.set(n, n === "nats" ? ensureTools(["nats-server"]) : n === "kubernetes" ? ensureTools(["etcd", "kubernetes"]) : ensureTools());
+  return waits.get(n)!;
+};
 
 const children = new Set<ReturnType<typeof spawn>>();
 // Ctrl-C and CI's SIGTERM go on to the lanes (each test file's own cleanup then stops its processes).
@@ -105,23 +123,29 @@ async function runLane(lane: Lane, width: number): Promise<LaneResult> {
   const started = Date.now();
   const prefix = `${lane.name.padEnd(width)} │ `;
   const result: LaneResult = { name: lane.name, ok: true, totals: {}, failing: [], seconds: 0 };
-  const early = lane.files.filter((f) => !needsKubernetes(join(ROOT, f)));
-  const late = lane.files.filter((f) => !early.includes(f));
-  if (early.length) await runFiles(early, prefix, result);
-  if (late.length) {
+  const needs = new Map(lane.files.map((f) => [f, needsOf(join(ROOT, f))] as const));
+  for (const n of NEEDS_ORDER) {
+    const files = lane.files.filter((f) => needs.get(f) === n);
+    if (!files.length) continue;
     try {
-      await toolsReady();
-      await runFiles(late, prefix, result);
+      await toolsFor(n);
     } catch (e) {
       result.ok = false;
-      result.failing.push(`the Kubernetes tools could not be built, so ${late.length} files did not run: ${(e as Error).message}`);
+      result.failing.push(`the tools these ${files.length} files need could not be built, so they did not run: ${(e as Error).message}`);
+      continue;
     }
+    await runFiles(files, prefix, result);
   }
   result.seconds = Math.round((Date.now() - started) / 1000);
   return result;
 }
 
-const ls = lanes(process.argv.slice(2));
+const args = process.argv.slice(2);
+if (args[0] === "--list") {
+  for (const l of lanes(args.slice(1))) for (const f of l.files) process.stdout.write(`${l.name}\t${needsOf(join(ROOT, f))}\t${f}\n`);
+  process.exit(0);
+}
+const ls = lanes(args);
 const width = Math.max(...ls.map((l) => l.name.length));
 const results = await Promise.all(ls.map((l) => runLane(l, width)));
 for (const r of results) {

@@ -178,12 +178,14 @@ export async function ensureTools(names: string[] = Object.keys(TOOLS)): Promise
     if (!t) throw new Error(`unknown tool "${n}"; known: ${knownNames().join(", ")}`);
     return t;
   }))];
-  const missing = tools.filter((t) => !isBuilt(t));
-  if (missing.length === 0) return;
+  if (tools.every(isBuilt)) return;
   checkGo();
-  const release = await acquireLock();
+  // While another process builds, look again every 2 s: what this caller needs may be ready long
+  // before that build ends (CI builds etcd and Kubernetes, then kwok and helm, in one process).
+  const release = await acquireLock(() => tools.every(isBuilt));
+  if (!release) return;
   try {
-    for (const tool of missing) {
+    for (const tool of tools) {
       if (isBuilt(tool)) continue; // built by another process while we waited for the lock
       await buildOne(tool);
     }
@@ -201,11 +203,13 @@ function checkGo(): void {
   }
 }
 
-async function acquireLock(): Promise<() => void> {
+/** The build lock, or null as soon as `done()` says there is nothing left to build. */
+async function acquireLock(done: () => boolean): Promise<(() => void) | null> {
   const lock = join(toolsDir(), ".build.lock");
   mkdirSync(toolsDir(), { recursive: true });
   let announced = false;
   for (;;) {
+    if (done()) return null;
     try {
       mkdirSync(lock);
       writeFileSync(join(lock, "pid"), String(process.pid));

@@ -14,7 +14,7 @@ import { type ControlPlane, type KubeResponse, startControlPlane } from "../env/
 import { startNats, type Nats } from "../env/nats.ts";
 import { startDns, type DnsHandle, type DnsRecord } from "../env/peers/dns.ts";
 import { childEnv, freePorts, logTail, startProcess, type ManagedProcess } from "../env/proc.ts";
-import { PROJECT_ROOT } from "../env/local.ts";
+import { PROJECT_ROOT } from "../env/local-state.ts";
 
 export const OPERATOR_NS = "mailfleet-system";
 export const OPERATOR_SA = "mailfleet-operator";
