@@ -60,7 +60,9 @@ export async function moveToOverflow(o: OverflowMove): Promise<number> {
     }
     try {
       await o.js.publish(subjects.ready(o.to, o.provider), encodeEnvelope({ ...env, pool: o.to, overflowFrom: o.from }), { msgID: `ovf:${env.id}:${env.part}` });
-      m.ack();
+      // Acked with the server's confirmation: the backlog this relay and the others read next
+      // (stream info) no longer counts the part.
+      await m.ackAck();
       moved++;
     } catch (err) {
       o.log.warn("overflow: part not moved; it stays", { qid: env.id, error: err as Error });

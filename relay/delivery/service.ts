@@ -76,6 +76,8 @@ function isIPv4InCidr(address: string, cidr: string): boolean {
   return (toInt(address) & mask) === (toInt(net) & mask);
 }
 
+/** After moving parts to the overflow pool, how long a relay waits before it reads the backlog again. */
+const OVERFLOW_SETTLE_MS = 1000;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)).unref());
 
 class Signal {
@@ -338,7 +340,11 @@ export class Delivery implements Component {
       if (excess <= 0) return false;
       // Every relay of the pool runs this at once: each moves a quarter of the excess and looks
       // again, so together they converge on it instead of each moving all of it.
-      return (await moveToOverflow({ js: this.#ctx.js, consumer, from: pool.id, to, provider, max: Math.min(100, Math.ceil(excess / 4)), registry: this.#ctx.registry, log: this.#log })) > 0;
+      const moved = await moveToOverflow({ js: this.#ctx.js, consumer, from: pool.id, to, provider, max: Math.min(100, Math.ceil(excess / 4)), registry: this.#ctx.registry, log: this.#log });
+      // The backlog counts parts other relays are moving at this moment: let their moves land
+      // before looking again (looking at once moved 14 for an excess of 10 with 3 relays).
+      if (moved > 0) await sleep(OVERFLOW_SETTLE_MS);
+      return moved > 0;
     } catch (err) {
       this.#log.warn("overflow failed", { provider, error: err as Error });
       return false;

@@ -16,6 +16,9 @@ import { suppressorFor } from "../delivery/suppress.ts";
 import { routerFor, type Router } from "./router.ts";
 import { hostname } from "node:os";
 
+/** How long the route stage retries creating its consumer when the relay starts. */
+const START_RETRY_MS = 60_000;
+
 export interface RouteStageOptions {
   suppressor?: Suppressor | ((ctx: RelayContext) => Suppressor | undefined);
   /** Envelopes handled at once. Default 32. */
@@ -59,8 +62,19 @@ export class RouteStage implements Component {
       now: () => ctx.clock.now(),
       reportingMta: hostname(),
     });
-    await ensureQueueConsumer(ctx.jsm, consumers.route(pool), subjects.route(pool));
-    this.#consumer = await ctx.js.consumers.get(STREAM_QUEUE, consumers.route(pool));
+    // A JetStream API request can time out while a fresh cluster elects the consumer's leader
+    // (3 relays starting at once on 3 new servers): retry for a while before the relay gives up.
+    for (const deadline = Date.now() + START_RETRY_MS; ;) {
+      try {
+        await ensureQueueConsumer(ctx.jsm, consumers.route(pool), subjects.route(pool));
+        this.#consumer = await ctx.js.consumers.get(STREAM_QUEUE, consumers.route(pool));
+        break;
+      } catch (e) {
+        if (Date.now() > deadline) throw e;
+        this.#log.warn("route consumer not ready; retrying", { error: e as Error });
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
     this.#loop = this.#run();
   }
 

@@ -290,11 +290,16 @@ describe("quotas", () => {
       }, 60_000);
     };
     // OUT1 held by hand, OUT2 on its hourly quota: not every lane is quota-held, so nothing moves.
+    const planned = Date.now();
     await publish(withOverflow({ [`${OUT1.address}/rec`]: { state: "Suspended", manual: true } }));
     const since = Date.now();
     const subs = await send(30, "rec.test", "q");
     const qids = new Set(subs.map((s) => s.qid));
-    await until("OUT2's quota spent", () => rec.of(OUT2.address).filter((t) => t.at > since).length >= 5, 120_000);
+    await until("OUT2's quota spent", () => rec.of(OUT2.address).filter((t) => t.at > since).length >= 5, 120_000).catch(async (e: Error) => {
+      // Say where the quota went: OUT2's transactions since the quota plan, and the lane key.
+      const out2 = rec.of(OUT2.address).filter((t) => t.at > planned).map((t) => [new Date(t.at).toISOString(), t.accepted]);
+      assert.fail(`${e.message}: OUT2 since the quota plan (test mail from ${new Date(since).toISOString()}): ${JSON.stringify(out2)}; lane key: ${JSON.stringify(await laneKey(OUT2.address, "rec"))}`);
+    });
     await sleep(15_000);
     assert.equal(await queued(POOL2), 0, "nothing overflowed while a lane was suspended");
     const out2 = rec.of(OUT2.address).filter((t) => t.at > since);
