@@ -40,11 +40,8 @@ export interface AttemptDeps {
   port: number;
   ca?: string[];
   connectTimeoutMs?: number;
-  /**
-   * Asked right before the transaction opens, with the session in hand: false when no send slot may
-   * be spent now (the caller may wait for a fresh one when the connection outlasted the slot's grace).
-   */
-  gate?: () => boolean | Promise<boolean>;
+  /** Asked right before the transaction opens: false when the send slot may no longer be spent. */
+  gate?: () => boolean;
 }
 
 /** The send slot could not be spent (grace passed, lane suspended meanwhile): nothing was sent. */
@@ -156,7 +153,7 @@ export async function attemptPart(input: AttemptInput, deps: AttemptDeps): Promi
         if (/^[45]\d\d/.test(last.c.code) && (err as SmtpError).response) await deps.limiter.observe(lane, asObservation(last.c, last.reply));
         continue;
       }
-      if (deps.gate && !(await deps.gate())) {
+      if (deps.gate && !deps.gate()) {
         deps.pool.release(session, provider?.lane.messagesPerConnection ?? 100);
         throw new SlotLost();
       }

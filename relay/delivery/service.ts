@@ -426,7 +426,7 @@ export class Delivery implements Component {
       }
       const plan = this.#ctx.plan();
       const provider = plan?.providers.get(lane.provider);
-      const laneInfo: { source: string; provider: string; slot?: number } = { source: lane.address, provider: lane.provider, ...(slot !== null ? { slot } : {}) };
+      const laneInfo = { source: lane.address, provider: lane.provider, ...(slot !== null ? { slot } : {}) };
       const policy = plan?.plan.delivery;
       if (policy && this.#ctx.clock.now() >= env.acceptedAt + policy.expiryMs) {
         // Held past its expiry (lanes closed for a long time): bounce without another try.
@@ -459,20 +459,8 @@ export class Delivery implements Component {
           port: this.#ctx.config.MAILFLEET_DELIVERY_PORT,
           ...(this.#o.ca ? { ca: this.#o.ca } : {}),
           ...(this.#o.connectTimeoutMs ? { connectTimeoutMs: this.#o.connectTimeoutMs } : {}),
-          // The shaper's last word on the slot (suspended meanwhile, grace passed). A connection
-          // that took longer to open than the slot's grace waits for a fresh slot instead of
-          // going back to the queue: with the lane's last quota slot, every try needed a new
-          // connection and lost its slot to it, so that slot was never sent.
-          gate: async () => {
-            if (this.#limiter.spend?.(lane, slot) ?? true) return true;
-            const fresh = await this.#slot(lane);
-            if (fresh === null) return false;
-            const wait = fresh - this.#ctx.clock.now();
-            if (wait > 0) await sleep(wait);
-            if (!(this.#limiter.spend?.(lane, fresh) ?? true)) return false;
-            laneInfo.slot = fresh;
-            return true;
-          },
+          // The shaper's last word on the slot (suspended meanwhile, grace passed).
+          gate: () => this.#limiter.spend?.(lane, slot) ?? true,
         },
       );
       free();
