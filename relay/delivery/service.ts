@@ -386,6 +386,8 @@ export class Delivery implements Component {
   async #deliver(m: JsMsg, lane: LaneRef, given: number | null, free: () => void): Promise<void> {
     const ackWait = this.#ackWaitMs();
     const keepalive = setInterval(() => m.working(), Math.max(1000, ackWait / 3));
+    // The send slot this part holds, once it has one (given back if no connection can be had).
+    let held: number | null = null;
     try {
       let env: Envelope;
       try {
@@ -412,6 +414,7 @@ export class Delivery implements Component {
       const bodyP = this.#bodies.get(env.body);
       bodyP.catch(() => {});
       const slot = given ?? (await this.#slot(lane));
+      held = slot;
       if (slot === null) {
         // The lane closed before this one could start: back to the stream for whoever can send.
         m.nak(this.#stopping ? 0 : 1000);
@@ -471,6 +474,8 @@ export class Delivery implements Component {
       this.#log.debug("attempt", { qid: env.id, part: env.part, lane: laneId(lane), mx: result.mx, delivered: d.delivered.length, deferred: d.deferred.length, bounced: d.bounced.length + d.expired.length });
     } catch (err) {
       if (err instanceof NoConnectionSlot) {
+        // No connection in time: the send slot was not spent; it goes back (its quota too).
+        if (held !== null) this.#limiter.release(lane, [held]);
         m.nak(1000);
         return;
       }

@@ -810,8 +810,10 @@ export class FleetLaneLimiter implements LaneLimiter {
   async connect(ref: LaneRef): Promise<ConnectionLease | { retryAt: number }> {
     const now = this.#now();
     const v = this.view(ref);
-    if (!v.sendable) return { retryAt: v.until ?? now + 5000 };
     const L = this.#lane(ref);
+    // Slots delivery holds were counted when reserved: a lane whose quota they spent still gets a
+    // connection to send them on (refused, the lane's last quota slots were never sent this hour).
+    if (!v.sendable && !(v.reason === "quota" && L.out.size > 0)) return { retryAt: v.until ?? now + 5000 };
     const plan = this.#lanePlans.get(L.id)!;
     const eff = this.#effective(ref, plan, now);
     if (L.key.open >= eff.maxConnections) return { retryAt: now + 250 };

@@ -128,9 +128,6 @@ before(async () => {
       { type: "A", name: "mx.anvil.test", value: "127.0.74.1" },
       { type: "MX", name: "rec.test", value: "mx.rec.test" },
       { type: "A", name: "mx.rec.test", value: "127.0.74.2" },
-      // The quota test's provider: the same recording receiver, lanes of its own.
-      { type: "MX", name: "quo.test", value: "mx.quo.test" },
-      { type: "A", name: "mx.quo.test", value: "127.0.74.2" },
     ],
   });
   // anvil: 12 messages per 30 s and 3 connections per client; the lanes below: 10 per 30 s, 2 connections.
@@ -271,22 +268,18 @@ describe("quotas", () => {
     const POOL2 = "mail/overflow";
     const OUT3 = { address: "127.0.75.3", hostname: "out3.shaper.test" };
     const shape = { messageRate: { count: 600, periodMs: 60_000 }, maxConnections: 2, messagesPerConnection: 1000 };
-    // A provider of its own (quo.test, same recording receiver): lanes no earlier test used, so
-    // the quotas start from a known state. (Run after the response-rule tests on the rec lanes,
-    // OUT2 once sent 3 of its 5 and then nothing for 2 minutes; see the closing notes.)
-    const quo: ProviderSpec = { name: "quo", mxSuffixes: ["quo.test"], lane: shape, rules: [] };
     const withOverflow = (lanes: PlanSpec["lanes"]): Plan => {
-      const p = makePlan({ providers: [anvil({ maxConnections: 2 }), recp(shape), quo], addresses: [OUT1, OUT2], lanes, delivery: { retryBaseMs: 1000, retryMaxMs: 3000 } });
+      const p = makePlan({ providers: [anvil({ maxConnections: 2 }), recp(shape)], addresses: [OUT1, OUT2], lanes, delivery: { retryBaseMs: 1000, retryMaxMs: 3000 } });
       const pool = p.pools[0]!;
       pool.warmup = { periodMs: 86_400_000, dayZero: 0 };
       pool.overflowPool = POOL2;
-      for (const l of pool.lanes) if (l.provider === "quo") Object.assign(l, { dailyQuota: 10, hourlyQuota: 5 });
+      for (const l of pool.lanes) if (l.provider === "rec") Object.assign(l, { dailyQuota: 10, hourlyQuota: 5 });
       p.pools.push({ ...pool, id: POOL2, name: "overflow", addresses: [OUT3], overflowPool: null, warmup: null, lanes: pool.lanes.filter((l) => l.address === OUT1.address).map((l) => ({ ...l, address: OUT3.address, state: "Healthy", dailyQuota: null, hourlyQuota: null })) });
       return { ...p, revision: `${p.revision}-ovf${JSON.stringify(lanes).length}` };
     };
     const queued = async (pool: string) => {
-      const info = await jsm.streams.info(STREAM_QUEUE, { subjects_filter: subjects.ready(pool, "quo") });
-      return (info.state.subjects as Record<string, number> | undefined)?.[subjects.ready(pool, "quo")] ?? 0;
+      const info = await jsm.streams.info(STREAM_QUEUE, { subjects_filter: subjects.ready(pool, "rec") });
+      return (info.state.subjects as Record<string, number> | undefined)?.[subjects.ready(pool, "rec")] ?? 0;
     };
     const publish = async (p: Plan) => {
       plan = p;
@@ -298,14 +291,14 @@ describe("quotas", () => {
     };
     // OUT1 held by hand, OUT2 on its hourly quota: not every lane is quota-held, so nothing moves.
     const planned = Date.now();
-    await publish(withOverflow({ [`${OUT1.address}/quo`]: { state: "Suspended", manual: true } }));
+    await publish(withOverflow({ [`${OUT1.address}/rec`]: { state: "Suspended", manual: true } }));
     const since = Date.now();
-    const subs = await send(30, "quo.test", "q");
+    const subs = await send(30, "rec.test", "q");
     const qids = new Set(subs.map((s) => s.qid));
     await until("OUT2's quota spent", () => rec.of(OUT2.address).filter((t) => t.at > since).length >= 5, 120_000).catch(async (e: Error) => {
       // Say where the quota went: OUT2's transactions since the quota plan, and the lane key.
       const out2 = rec.of(OUT2.address).filter((t) => t.at > planned).map((t) => [new Date(t.at).toISOString(), t.accepted]);
-      assert.fail(`${e.message}: OUT2 since the quota plan (test mail from ${new Date(since).toISOString()}): ${JSON.stringify(out2)}; lane key: ${JSON.stringify(await laneKey(OUT2.address, "quo"))}`);
+      assert.fail(`${e.message}: OUT2 since the quota plan (test mail from ${new Date(since).toISOString()}): ${JSON.stringify(out2)}; lane key: ${JSON.stringify(await laneKey(OUT2.address, "rec"))}`);
     });
     await sleep(15_000);
     assert.equal(await queued(POOL2), 0, "nothing overflowed while a lane was suspended");
@@ -316,7 +309,7 @@ describe("quotas", () => {
     // waits for the next hour.
     await publish(withOverflow({}));
     await until("the backlog beyond the day's quota in the overflow pool's ready queue", async () => (await queued(POOL2)) >= 10, 180_000);
-    const last = await jsm.streams.getMessage(STREAM_QUEUE, { last_by_subj: subjects.ready(POOL2, "quo") });
+    const last = await jsm.streams.getMessage(STREAM_QUEUE, { last_by_subj: subjects.ready(POOL2, "rec") });
     const env = decodeEnvelope(last!.data);
     assert.equal(env.overflowFrom, POOL);
     assert.equal(env.pool, POOL2);
