@@ -281,6 +281,7 @@ export class Informer<T extends KubeObject = KubeObject> {
     };
     pet();
     let body: Readable | undefined;
+    let lines: ReturnType<typeof createInterface> | undefined;
     try {
       body = await this.client.openWatch(pathOf(this.resource, this.o.namespace), {
         ...this.query(),
@@ -288,7 +289,7 @@ export class Informer<T extends KubeObject = KubeObject> {
         allowWatchBookmarks: true,
         timeoutSeconds: 300 + Math.floor(Math.random() * 300),
       }, all) as unknown as Readable;
-      const lines = createInterface({ input: body, crlfDelay: Infinity });
+      lines = createInterface({ input: body, crlfDelay: Infinity });
       for await (const line of lines) {
         pet();
         if (!line) continue;
@@ -329,6 +330,12 @@ export class Informer<T extends KubeObject = KubeObject> {
       throw err;
     } finally {
       if (quietTimer) clearTimeout(quietTimer);
+      // Destroying a watch body still being read emits an abort error, which readline passes on as
+      // an 'error' event of its own; with no listener left that crashed the operator (seen when
+      // the API server answered 429 "storage is (re)initializing" right after start).
+      lines?.on("error", () => {});
+      body?.on("error", () => {});
+      lines?.close();
       body?.destroy();
     }
     // The server ended the watch (timeoutSeconds): resume from the last resourceVersion.
