@@ -24,6 +24,8 @@ export interface PlanIndex {
   providers: Map<string, ProviderPlan>;
   /** This relay's pool (undefined when the plan does not list it yet). */
   pool: PoolPlan | undefined;
+  /** Providers that some lane of this relay's pool has a warm-up quota for (quotaProvidersOf). */
+  quotaProviders: ReadonlySet<string>;
   credentials: Map<string, CredentialIndex>;
   networks: NetworkIndex[];
 }
@@ -44,7 +46,13 @@ export function buildIndex(plan: Plan, poolId: string): PlanIndex {
       // The operator validates CIDRs; a bad one is skipped rather than failing the whole plan.
     }
   }
-  return { plan, revision: plan.revision, domains, pools, providers, pool: pools.get(poolId), credentials, networks };
+  const pool = pools.get(poolId);
+  return { plan, revision: plan.revision, domains, pools, providers, pool, quotaProviders: quotaProvidersOf(pool), credentials, networks };
+}
+
+/** The providers some lane of the pool has a daily or hourly warm-up quota for. */
+export function quotaProvidersOf(pool: PoolPlan | undefined): Set<string> {
+  return new Set((pool?.lanes ?? []).filter((l) => l.dailyQuota !== null || l.hourlyQuota !== null).map((l) => l.provider));
 }
 
 /** Parses a socket address, unwrapping IPv4-mapped IPv6 (::ffff:a.b.c.d). */

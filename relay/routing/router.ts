@@ -7,7 +7,7 @@
 //   const parts = router.routeFromCache(env, plan);
 //   if (parts) publish each to subjects.ready(pool, p.provider!) with msgID `${p.id}:${p.part}`
 //   else publish env to subjects.route(pool) (as today)
-import type { PoolPlan, ProviderPlan } from "../../api/plan.ts";
+import type { ProviderPlan } from "../../api/plan.ts";
 import type { PlanIndex } from "../plan/index.ts";
 import type { Envelope } from "../queue/envelope.ts";
 import type { RelayContext } from "../runtime/context.ts";
@@ -28,8 +28,8 @@ export class Router {
     this.mtaSts = new MtaSts({ client: this.client, resolver: this.resolver, ...(opts.ca ? { ca: opts.ca } : {}), ...(opts.mtaStsPort ? { port: opts.mtaStsPort } : {}) });
   }
 
-  /** `pool`: the relay's pool, whose warm-up quotas decide recipients per transaction (recipientsPerTransaction). */
-  static decision(domain: string, r: RouteResult, providers: readonly ProviderPlan[], pool?: PoolPlan): RouteDecision {
+  /** `quotaProviders`: providers the relay's pool has warm-up quotas for (PlanIndex.quotaProviders). */
+  static decision(domain: string, r: RouteResult, providers: readonly ProviderPlan[], quotaProviders: ReadonlySet<string> = new Set()): RouteDecision {
     switch (r.kind) {
       case "nullmx":
         return { kind: "bounce", reply: nullMxReply(domain) };
@@ -40,14 +40,14 @@ export class Router {
       default: {
         const provider = providerFor(providers, domain, r.hosts);
         const p = providers.find((x) => x.name === provider) ?? providers.find((x) => x.name === DEFAULT_PROVIDER);
-        return { kind: "deliver", provider, mx: r.hosts.map((h) => h.host), recipientsPerMessage: recipientsPerTransaction(p, pool) };
+        return { kind: "deliver", provider, mx: r.hosts.map((h) => h.host), recipientsPerMessage: recipientsPerTransaction(p, quotaProviders) };
       }
     }
   }
 
   async decide(domain: string, plan: PlanIndex): Promise<RouteDecision> {
     try {
-      return Router.decision(domain, await this.resolver.route(domain), plan.plan.providers, plan.pool);
+      return Router.decision(domain, await this.resolver.route(domain), plan.plan.providers, plan.quotaProviders);
     } catch (err) {
       if (err instanceof DnsTemporaryError) return { kind: "retry", reply: dnsRetryReply(domain, err.message) };
       throw err;
@@ -74,7 +74,7 @@ export class Router {
         miss = true;
         return { kind: "retry", reply: "" };
       }
-      return Router.decision(d, c, plan.plan.providers, plan.pool);
+      return Router.decision(d, c, plan.plan.providers, plan.quotaProviders);
     });
     if (miss || r.bounces.length || r.retry.length || !r.parts.length) return null;
     return withParts(r, env).parts;
@@ -88,15 +88,15 @@ export class Router {
 
 /**
  * Recipients per transaction to a provider from a pool: the provider's recipientsPerMessage, but
- * one while any of the pool's lanes to it has a warm-up quota. The shaper grants one send slot per
+ * one while any of the pool's lanes to it has a warm-up quota (quotaProviders, computed once per
+ * plan: this runs per recipient domain of every message). The shaper grants one send slot per
  * transaction and warm-up quotas count recipients, so a transaction with several recipients would
  * spend one slot of quota for many (a 50-recipient message on a day-1 quota of 50, fifty times).
  * Warming volumes are small, so the extra transactions cost little.
  */
-export function recipientsPerTransaction(provider: ProviderPlan | undefined, pool: PoolPlan | undefined): number {
-  const perMessage = provider?.lane.recipientsPerMessage ?? 1;
-  const quota = pool?.lanes.some((l) => l.provider === provider?.name && (l.dailyQuota !== null || l.hourlyQuota !== null));
-  return quota ? 1 : perMessage;
+export function recipientsPerTransaction(provider: ProviderPlan | undefined, quotaProviders: ReadonlySet<string>): number {
+  if (provider && quotaProviders.has(provider.name)) return 1;
+  return provider?.lane.recipientsPerMessage ?? 1;
 }
 
 /** Marks the parts with their total when this one split made all of them (body deletion). */

@@ -7,6 +7,7 @@ import { groupByDomain, splitEnvelope, nullMxReply, type RouteDecision } from ".
 import { nextAttempt, retryDelayMs } from "../../relay/delivery/backoff.ts";
 import type { Envelope } from "../../relay/queue/envelope.ts";
 import { Router, recipientsPerTransaction } from "../../relay/routing/router.ts";
+import { quotaProvidersOf } from "../../relay/plan/index.ts";
 
 function provider(name: string, domains: string[], mxSuffixes: string[], rpm = 50): ProviderPlan {
   return {
@@ -86,17 +87,17 @@ test("a pool warming a provider sends one recipient per transaction to it (quota
     id: "mail/p", namespace: "mail", name: "p", addresses: [], egress: { mode: "PerAddress" as const, bindAddress: true }, overflowPool: null, warmup: null, lanes,
   });
   const google = providers[0]!;
-  assert.equal(recipientsPerTransaction(google, undefined), 50);
-  assert.equal(recipientsPerTransaction(google, pool([lane("google", null)])), 50);
-  assert.equal(recipientsPerTransaction(google, pool([lane("microsoft", 100), lane("google", null)])), 50, "another provider's quota");
-  assert.equal(recipientsPerTransaction(google, pool([lane("google", 100)])), 1);
-  assert.equal(recipientsPerTransaction(google, pool([lane("google", null, 10)])), 1, "an hourly quota alone");
+  assert.equal(recipientsPerTransaction(google, quotaProvidersOf(undefined)), 50);
+  assert.equal(recipientsPerTransaction(google, quotaProvidersOf(pool([lane("google", null)]))), 50);
+  assert.equal(recipientsPerTransaction(google, quotaProvidersOf(pool([lane("microsoft", 100), lane("google", null)]))), 50, "another provider's quota");
+  assert.equal(recipientsPerTransaction(google, quotaProvidersOf(pool([lane("google", 100)]))), 1);
+  assert.equal(recipientsPerTransaction(google, quotaProvidersOf(pool([lane("google", null, 10)]))), 1, "an hourly quota alone");
   // Through the route decision and the split: 3 gmail recipients, 3 parts.
-  const d = Router.decision("gmail.com", { kind: "mx", hosts: [{ host: "gmail-smtp-in.l.google.com", preference: 5 }] }, providers, pool([lane("google", 100)]));
+  const d = Router.decision("gmail.com", { kind: "mx", hosts: [{ host: "gmail-smtp-in.l.google.com", preference: 5 }] }, providers, quotaProvidersOf(pool([lane("google", 100)])));
   assert.deepEqual(d.kind === "deliver" && d.recipientsPerMessage, 1);
   const env = { id: "q1", part: 0, rcpts: ["a@gmail.com", "b@gmail.com", "c@gmail.com"] } as unknown as Envelope;
   assert.equal(splitEnvelope(env, () => d).parts.length, 3);
-  const bulk = Router.decision("gmail.com", { kind: "mx", hosts: [{ host: "gmail-smtp-in.l.google.com", preference: 5 }] }, providers, pool([lane("google", null)]));
+  const bulk = Router.decision("gmail.com", { kind: "mx", hosts: [{ host: "gmail-smtp-in.l.google.com", preference: 5 }] }, providers, quotaProvidersOf(pool([lane("google", null)])));
   assert.equal(splitEnvelope(env, () => bulk).parts.length, 1);
 });
 
