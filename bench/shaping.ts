@@ -23,7 +23,7 @@
 // stream SIGKILLed at 2/3 (both stay down).
 //
 // Env: BENCH_SECONDS (measured window, default 180), BENCH_KEEP=1 keeps the state directory.
-import { chmod, mkdtemp, readFile, rm } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -246,6 +246,22 @@ async function main(): Promise<void> {
     const highDelivered = high.filter((t) => t.accepted).length;
     const lowDelivered = low.filter((t) => t.accepted).length;
     const traffic = msgs1 - msgs0;
+    // Where the fullest minute lies, and its transactions per second, relative to t0 (the fault times are relative to t0 too).
+    const fullest = (times: number[], limit: number) => {
+      let lo = 0;
+      let best = { from: 0, count: 0 };
+      for (let hi = 0; hi < times.length; hi++) {
+        while (times[hi]! - times[lo]! >= 60_000) lo++;
+        if (hi - lo + 1 > best.count) best = { from: times[lo]!, count: hi - lo + 1 };
+      }
+      return { from_s: round((best.from - t0) / 1000, 1), over: best.count - limit };
+    };
+    const round = (x: number, d = 4) => Number(x.toFixed(d));
+    const highFullest = fullest(high.map((t) => t.at), HIGH_LIMIT);
+    log(`high lane's fullest minute starts at +${highFullest.from_s} s (${highFullest.over} over)`);
+    if (process.env.BENCH_KEEP) {
+      await writeFile(join(base, "transactions.json"), JSON.stringify({ t0, t1, faults, high: high.map((t) => t.at - t0), low: low.map((t) => t.at - t0) }));
+    }
     log(`high: ${high.length} opened, ${highDelivered} delivered, max ${highMax}/min; low: ${low.length} opened, ${lowDelivered} delivered, max ${lowMax}/min; shaper msgs ${traffic}`);
 
     // Reaction: the receiver answers 421 4.7.28 on the high lane; when does the last relay stop?
@@ -290,7 +306,6 @@ async function main(): Promise<void> {
     let localShare = 0;
     for (const name of [...procs.keys(), "relay-2"]) localShare += ((await logOf(name)).match(/local share of each limit/g) ?? []).length;
 
-    const round = (x: number, d = 4) => Number(x.toFixed(d));
     const result = {
       bench: "shaping",
       high: {
@@ -311,6 +326,7 @@ async function main(): Promise<void> {
         shaper_msgs: traffic, shaper_msgs_per_s: round(traffic / ((t1 - t0) / 1000), 2),
         reactions_ms: reactions,
         local_share_episodes: localShare,
+        high_fullest_minute_from_s: highFullest.from_s,
       },
     };
     process.stdout.write(JSON.stringify(result) + "\n");

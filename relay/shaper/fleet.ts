@@ -96,7 +96,15 @@ interface KeyLocal {
   /** Last time every allowed connection was in use (or more were wanted). */
   lastBusy: number;
   /** Local share state while NATS is unreachable. */
-  local?: { s: SlotState; cells?: KeyState["cells"] };
+  local?: {
+    s: SlotState;
+    cells?: KeyState["cells"];
+    /** The chain as last known when the episode began (its head and slot count), and where the local chain began. */
+    base?: { tat: number; n: number };
+    origin?: number;
+    /** Local slots spent so far. */
+    spent?: number;
+  };
   /** Serialises writes of this relay on this key. */
   chain: Promise<unknown>;
 }
@@ -424,6 +432,8 @@ export class FleetLaneLimiter implements LaneLimiter {
       return false;
     }
     this.#metrics?.slots.inc({ ...labels, outcome: "spent" });
+    const local = L.key.local;
+    if (local?.origin !== undefined && slot >= local.origin) local.spent = (local.spent ?? 0) + 1;
     return true;
   }
 
@@ -593,10 +603,7 @@ export class FleetLaneLimiter implements LaneLimiter {
         // slots delivery still holds (made on the local share, spent after the rejoin; a chain
         // resumed at `now` would put fleet slots beside them, over the limit). The local stock
         // not handed out is dropped on the rejoin, so it does not push the chain.
-        if (L.key.local) {
-          const held = L.out.size ? Math.max(...L.out.keys()) + intervalMs(limit) : 0;
-          s = { ...addSpent(s, L.key.local.s), tat: Math.max(s.tat, held) };
-        }
+        if (L.key.local) s = this.#rejoin(L, s, limit);
         const r = reserve(s, limit, batch, now, horizon);
         // Slots are useless without a connection: ask for one in the same write (only then: a
         // relay that gets no slots must not hold a connection another relay could use).
@@ -631,6 +638,38 @@ export class FleetLaneLimiter implements LaneLimiter {
   }
 
   /**
+   * The lane's chain on the way back from the local share. Its quota use counts (addSpent), and the
+   * chain resumes after the slots delivery still holds (made on the local share, spent after the
+   * rejoin: a chain resumed at `now` would put fleet slots beside them). The local stock not handed
+   * out was dropped on the rejoin, so it does not push the chain.
+   *
+   * And the local sends are charged as if they had been reserved on the chain: from the head known
+   * when the episode began, the slots the others reserved meanwhile (the chain's count) plus this
+   * relay's local ones at the lane's interval. When every relay was on its share, the others
+   * reserved nothing and the head lies behind the slots still held; when the others went on
+   * reserving at the full rate (they could reach NATS, this relay could not), the chain moves past
+   * them by what this relay sent, so the minute that holds the episode is paid back at once.
+   */
+  #rejoin(L: LaneLocal, s: SlotState, limit: SlotLimit): SlotState {
+    const local = L.key.local!;
+    const interval = intervalMs(limit);
+    let held = 0;
+    let outLocal = 0;
+    for (const [at, list] of L.out) {
+      held = Math.max(held, at + interval);
+      if (local.origin !== undefined && at >= local.origin) outLocal += list.length;
+    }
+    const sent = (local.spent ?? 0) + outLocal;
+    const base = local.base;
+    const others = base ? Math.max(0, (s.n ?? 0) - base.n) : 0;
+    const resume = Math.max(s.tat, held);
+    // At most every local send on top (the count is at today's interval: a rule that slowed the
+    // lane meanwhile must not stretch the others' slots into a long pause).
+    const charged = base && interval > 0 ? Math.min(base.tat + (others + sent) * interval, resume + sent * interval) : 0;
+    return { ...addSpent(s, local.s), tat: Math.max(resume, charged), n: (s.n ?? 0) + sent };
+  }
+
+  /**
    * The local share of the lane while NATS is unreachable. Its chain starts after every slot the
    * fleet may still hold: the chain head as read now (reads may still work while writes wait for a
    * leader), or else the last head known plus one round of the relays' batches.
@@ -649,7 +688,9 @@ export class FleetLaneLimiter implements LaneLimiter {
       const relays = L.key.relays;
       const share0 = localShare(limit, L.key.lastGood?.s, relays, now);
       const head = fresh ? Math.max(before, L.key.known!.s!.tat) : before + this.#sizing(L, limit, relays, now).span;
-      L.key.local = { s: { tat: Math.max(now, head, L.lastAt + intervalMs(share0)) } };
+      const known = fresh ? L.key.known!.s! : L.key.lastGood?.s;
+      const origin = Math.max(now, head, L.lastAt + intervalMs(share0));
+      L.key.local = { s: { tat: origin }, origin, spent: 0, ...(known ? { base: { tat: known.tat, n: known.n ?? 0 } } : {}) };
     }
     const share = localShare(limit, L.key.lastGood?.s, L.key.relays, now);
     const local = L.key.local;

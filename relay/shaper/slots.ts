@@ -24,6 +24,12 @@ export type WindowCount = { start: number; used: number };
 export type SlotState = {
   /** Theoretical arrival time: when the next free slot starts (ms since epoch). */
   tat: number;
+  /**
+   * Slots issued on the chain so far (reservations, and sends made on local shares once their relay
+   * is back). A relay back from its local share compares it with the count when it left, to learn
+   * how many slots the others took meanwhile (fleet.ts). Absent in keys written before it existed.
+   */
+  n?: number;
   /** Quota windows (warm-up day and hour); absent when the key has no quota. */
   day?: WindowCount;
   hour?: WindowCount;
@@ -106,7 +112,7 @@ export function reserve(state: SlotState, limit: SlotLimit, n: number, now: numb
     tat += interval;
     retryAt = tat;
   }
-  const next: SlotState = { tat: slots.length ? tat : Math.max(state.tat, now) };
+  const next: SlotState = { tat: slots.length ? tat : Math.max(state.tat, now), n: (state.n ?? 0) + slots.length };
   // A limit without a quota keeps the windows as they are: a relay still on an older plan must not
   // erase what the others counted (were the quota back within the window, its count holds).
   if (day) next.day = day;
