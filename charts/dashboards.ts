@@ -178,7 +178,7 @@ export const DASHBOARDS: DashboardSpec[] = [
     file: "relay-internals.json",
     uid: "mailfleet-relay-internals",
     title: "mailfleet / Relay internals",
-    description: "Per relay: submission, durable acceptance, NATS, the plan, routing, inbound, process health.",
+    description: "Per relay: submission, durable acceptance, NATS, the plan, routing, inbound, the fleet shaper, process health.",
     variables: ["pool"],
     rows: [
       {
@@ -206,6 +206,28 @@ export const DASHBOARDS: DashboardSpec[] = [
           { title: "Routing decisions", type: "timeseries", unit: "reqps", w: 8, description: "Route decisions per recipient domain per second: deliver, bounce, retry.", targets: [{ expr: `sum by (result) (rate(mailfleet_routed_total{${POOL}}[${RI}]))`, legend: "{{result}}" }] },
           { title: "Scheduled retries", type: "timeseries", unit: "short", w: 8, description: "Deferred parts waiting for their next try.", targets: [{ expr: `sum by (pool) (mailfleet_queue_scheduled{${POOL}})`, legend: "{{pool}}" }] },
           { title: "Inbound messages", type: "timeseries", unit: "reqps", w: 8, description: "Messages taken by the inbound listener per second: DSNs, ARF complaints, other, refused.", targets: [{ expr: `sum by (kind) (rate(mailfleet_inbound_messages_total[${RI}]))`, legend: "{{kind}}" }] },
+        ],
+      },
+      {
+        // The fleet shaper (relay/shaper/): every lane limit shared across relays through the NATS
+        // KV bucket mf-shaper; on its local share while the bucket does not answer.
+        title: "Shaper",
+        panels: [
+          { title: "Send slots by outcome", type: "timeseries", unit: "reqps", w: 12, description: "Send slots per second, by provider and outcome: reserved, spent (a transaction opened on it), missed (its grace passed before delivery took it), late (delivery came after its grace: not sent), dropped (suspension, slow-down, no room in a provider-wide or address-wide rate).", targets: [{ expr: `sum by (provider, outcome) (rate(mailfleet_shaper_slots_total{${POOL}}[${RI}]))`, legend: "{{provider}} {{outcome}}" }] },
+          { title: "Slot reservations by result", type: "timeseries", unit: "reqps", w: 12, description: "Send-slot reservations per second, by provider and result: ok (from the fleet's KV), empty (nothing free yet), local (on the relay's local share, the KV not answering), failed (the KV not answering).", targets: [{ expr: `sum by (provider, result) (rate(mailfleet_shaper_reservations_total{${POOL}}[${RI}]))`, legend: "{{provider}} {{result}}" }] },
+          { title: "Shaper KV operations", type: "timeseries", unit: "ops", w: 8, description: "Reads (get) and compare-and-set writes (cas) of the KV bucket mf-shaper per second, by result: ok, conflict (another relay wrote first; retried), unavailable (failed or no answer within 1 s).", targets: [{ expr: `sum by (op, result) (rate(mailfleet_shaper_store_operations_total{${POOL}}[${RI}]))`, legend: "{{op}} {{result}}" }] },
+          {
+            title: "Shaper KV unavailable", type: "stat", unit: "short", w: 4, description: "Shaper KV operations that failed or got no answer within 1 s in the dashboard's range (0 is right; the relays shape on their local share after 1.5 s of these).",
+            thresholds: [{ value: 0, color: "green" }, { value: 1, color: "red" }],
+            // 0 rather than no data while nothing has failed (the counter has no unavailable series yet).
+            targets: [{ expr: `sum(increase(mailfleet_shaper_store_operations_total{${POOL}, result="unavailable"}[$__range])) or sum(increase(mailfleet_shaper_store_operations_total{${POOL}}[$__range])) * 0` }],
+          },
+          {
+            title: "Relays on their local share", type: "stat", unit: "short", w: 4, description: "Relays shaping on their local share now (the shaper's KV not answering): each sends every lane's limit divided by the relays last seen on it, never unlimited. 0 is right.",
+            thresholds: [{ value: 0, color: "green" }, { value: 1, color: "orange" }],
+            targets: [{ expr: `sum(mailfleet_shaper_local_share{${POOL}})` }],
+          },
+          { title: "Live relays per lane", type: "timeseries", unit: "short", w: 8, description: "Relays sharing each lane's limits (live entries on its KV key as the relays last read it): batches and the local share are sized by it.", targets: [{ expr: `max by (pool, source_ip, provider) (mailfleet_shaper_lane_relays{${POOL}})`, legend: "{{source_ip}} {{provider}}" }] },
         ],
       },
       {
