@@ -4,11 +4,23 @@ import { z } from "zod";
 import {
   commonStatus, dnsName, duration, fraction, freeform, ipAddress, k8s, localRef, objectName, quantity, unique,
 } from "./common.ts";
+import { providerLimits } from "./mailboxprovider.ts";
+
+// Same fields, units and checks as a MailboxProvider's spec.limits (its schema pieces, described
+// for an address): the fleet shaper applies both the same way, the tightest applicable limit winning.
+export const addressLimits = z.object({
+  messageRate: providerLimits.shape.messageRate.describe("Messages per period from this address to all providers together, by every relay, e.g. 2000/h."),
+  maxConnections: providerLimits.shape.maxConnections.describe("Concurrent connections from this address to all providers together, by every relay."),
+});
 
 export const poolAddress = z.object({
   address: ipAddress.describe("The sending address."),
   hostname: dnsName("EHLO name").describe("EHLO name; its A/AAAA must point back at the address and the address's PTR at it (FCrDNS)."),
   nodeName: objectName.optional().describe("HostNetwork egress: the node that owns the address. Empty: any node whose interfaces carry it."),
+  limits: addressLimits.optional().describe(
+    "Limits on the address as a whole, across all providers (its per-provider lanes keep their own limits); the tightest applicable limit wins. " +
+      "Receivers judge a source IP's reputation by all its traffic, so this caps an address's total, e.g. while it warms.",
+  ),
 });
 export type PoolAddress = z.infer<typeof poolAddress>;
 

@@ -8,7 +8,7 @@ import {
 } from "../../api/plan.ts";
 import { parseDuration, parseRate } from "../../api/units.ts";
 import {
-  type IPPool, LANE_OVERRIDES_ANNOTATION, type LaneOverride, type MailboxProvider, PAUSED_ANNOTATION, type SendingDomain,
+  type IPPool, LANE_OVERRIDES_ANNOTATION, type LaneOverride, type MailboxProvider, PAUSED_ANNOTATION, type PoolAddress, type SendingDomain,
   type WarmupSchedule, laneKey, objectId,
 } from "../../api/v1alpha1/index.ts";
 import { type Problem, findProblems } from "./problems.ts";
@@ -76,6 +76,16 @@ export function providerPlan(p: MailboxProvider): ProviderPlan {
     feedbackLoop: s.feedbackLoop === "ARF",
     recovery: { step: s.recovery.step, intervalMs: parseDuration(s.recovery.interval) },
   };
+}
+
+/**
+ * An address's own limits, converted as a provider's are. Absent (or empty) in the spec: no limits
+ * key, so pools without them publish the same plan (and revision) as before the field existed.
+ */
+function addressLimits(a: PoolAddress): { limits?: NonNullable<PoolPlan["addresses"][number]["limits"]> } {
+  const l = a.limits;
+  if (!l || (l.messageRate === undefined && l.maxConnections === undefined)) return {};
+  return { limits: { messageRate: l.messageRate ? parseRate(l.messageRate) : null, maxConnections: l.maxConnections ?? null } };
 }
 
 /** Parse the lane-overrides annotation; a malformed annotation is reported, never fatal. */
@@ -228,7 +238,9 @@ export function compilePlan(input: CompileInput): CompileResult {
       id,
       namespace: ns,
       name: pool.metadata.name,
-      addresses: addresses.map((a) => ({ address: a.address, hostname: a.hostname, ...(a.nodeName ? { nodeName: a.nodeName } : {}) })),
+      addresses: addresses.map((a) => ({
+        address: a.address, hostname: a.hostname, ...(a.nodeName ? { nodeName: a.nodeName } : {}), ...addressLimits(a),
+      })),
       egress: { mode: pool.spec.egress.mode, bindAddress: pool.spec.egress.bindAddress },
       overflowPool: pool.spec.overflowPoolRef ? `${ns}/${pool.spec.overflowPoolRef.name}` : null,
       warmup: schedule ? warmupWindows(pool, parseDuration(schedule.spec.period)) : null,

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { isDeepStrictEqual } from "node:util";
 import {
   type Env, condition, current, domain, eventsFor, eventually, ns, path, pool, provider, schedule, startEnv,
 } from "./operator-env.ts";
@@ -23,6 +24,8 @@ const CASES: Case[] = [
   { name: "an address that is no IP", field: /spec\.addresses\[0\]\.address/, create: pool(NS, "bad", { addresses: [{ address: "999.1.2.3", hostname: "p1.val.test" }] }) },
   { name: "an EHLO name that is no DNS name", field: /spec\.addresses\[0\]\.hostname/, create: pool(NS, "bad", { addresses: [{ address: "127.0.5.1", hostname: "Not_A Host" }] }) },
   { name: "no addresses", field: /spec\.addresses/, create: pool(NS, "bad", { addresses: [] }) },
+  { name: "a malformed address message rate", field: /spec\.addresses\[0\]\.limits\.messageRate/, create: pool(NS, "bad", { addresses: [{ address: "127.0.5.1", hostname: "p1.val.test", limits: { messageRate: "lots" } }] }) },
+  { name: "an address connection limit of 0", field: /spec\.addresses\[0\]\.limits\.maxConnections/, create: pool(NS, "bad", { addresses: [{ address: "127.0.5.1", hostname: "p1.val.test", limits: { maxConnections: 0 } }] }) },
   { name: "negative replicas", field: /spec\.relay\.replicas/, create: P({ relay: { replicas: -1 } }) },
   { name: "replicas of the wrong type", field: /spec\.relay\.replicas/, create: P({ relay: { replicas: "two" } }) },
   { name: "an unknown egress mode", field: /spec\.egress\.mode/, create: P({ egress: { mode: "Tunnel" } }) },
@@ -117,6 +120,14 @@ test("bad input", { timeout: 1_800_000 }, async (t) => {
     // A valid change still goes through.
     const ok = await env.req("PATCH", path.pool(NS, "a2"), { spec: { relay: { replicas: 1 } } }, "application/merge-patch+json");
     assert.equal(ok.status, 200, ok.body);
+    // So does an address limit, which the API server keeps (not pruned) and the plan carries, converted.
+    const limited = await env.req("PATCH", path.pool(NS, "a2"), { spec: { addresses: [{ address: "127.0.5.2", hostname: "a2.val.test", limits: { messageRate: "600/h", maxConnections: 4 } }] } }, "application/merge-patch+json");
+    assert.equal(limited.status, 200, limited.body);
+    assert.deepEqual(limited.json().spec.addresses[0].limits, { messageRate: "600/h", maxConnections: 4 });
+    await eventually("a2's address limits in the plan", async () => {
+      const limits = (await env.plan())?.pools.find((p) => p.name === "a2")?.addresses[0]?.limits;
+      return isDeepStrictEqual(limits, { messageRate: { count: 600, periodMs: 3_600_000 }, maxConnections: 4 });
+    });
   });
 
   await t.test("with the webhook off, the same problems become a condition and an Event; the newer object does not take effect; nothing running is disturbed", async () => {

@@ -41,6 +41,25 @@ describe("validation names the field", () => {
       (e: unknown) => e instanceof ValidationError && e.message.includes("spec.addresses[0].address"),
     );
   });
+  it("address limits: the provider limits' checks and messages, at the address's field", () => {
+    const withLimits = (limits: unknown) => pool({ addresses: [{ address: "192.0.2.1", hostname: "a.example.com", limits }] });
+    assert.throws(() => validateObject(withLimits({ messageRate: "lots" })), /spec\.addresses\[0\]\.limits\.messageRate: must be a rate such as 600\/min/);
+    assert.throws(() => validateObject(withLimits({ maxConnections: 0 })), /spec\.addresses\[0\]\.limits\.maxConnections/);
+    const provider = { apiVersion: "mailfleet.io/v1alpha1", kind: "MailboxProvider", metadata: { name: "default" }, spec: { limits: { maxConnections: 0 } } };
+    // The message after the field path is the provider's, word for word.
+    const after = (o: unknown, field: string): string => {
+      try {
+        validateObject(o);
+      } catch (e) {
+        const m = (e as Error).message;
+        assert.ok(m.includes(field), m);
+        return m.slice(m.indexOf(field) + field.length);
+      }
+      return assert.fail(`${field}: accepted`);
+    };
+    assert.equal(after(withLimits({ maxConnections: 0 }), "spec.addresses[0].limits.maxConnections"), after(provider, "spec.limits.maxConnections"));
+    assert.equal(validateObject(withLimits({ messageRate: "2000/h", maxConnections: 10 })).kind, "IPPool");
+  });
   it("shrinking schedule", () => {
     const obj = {
       apiVersion: "mailfleet.io/v1alpha1", kind: "WarmupSchedule", metadata: { name: "w", namespace: "n" },

@@ -107,6 +107,33 @@ describe("plan compiler", () => {
     assert.equal(problems[0]!.reason, "OverflowCycle");
   });
 
+  it("address limits reach pools[].addresses[].limits, converted as provider limits are", () => {
+    const objs = examples();
+    const mk = objs.find((o) => o.kind === "IPPool" && o.metadata.name === "marketing") as IPPool;
+    const [a11, a12] = mk.spec.addresses as [IPPool["spec"]["addresses"][number], IPPool["spec"]["addresses"][number]];
+    a11.limits = { messageRate: "2000/h", maxConnections: 10 };
+    a12.limits = { maxConnections: 3 };
+    const google = objs.find((o) => o.kind === "MailboxProvider" && o.metadata.name === "google") as MailboxProvider;
+    google.spec.limits = { messageRate: "2000/h", maxConnections: 10 };
+    const { plan, problems } = compilePlan(input(objs));
+    assert.deepEqual(problems, []);
+    parsePlan(JSON.parse(JSON.stringify(plan)));
+    const addrs = plan.pools.find((p) => p.id === "mail/marketing")!.addresses;
+    assert.deepEqual(addrs.find((a) => a.address === "127.0.1.11")!.limits, { messageRate: { count: 2000, periodMs: 3_600_000 }, maxConnections: 10 });
+    assert.deepEqual(addrs.find((a) => a.address === "127.0.1.11")!.limits, plan.providers.find((p) => p.name === "google")!.limits, "same spec, same plan limits");
+    assert.deepEqual(addrs.find((a) => a.address === "127.0.1.12")!.limits, { messageRate: null, maxConnections: 3 });
+    // Without limits (or with an empty object) an address has no limits key: the plan and its
+    // revision stay what they were before the field existed.
+    a12.limits = {};
+    const again = compilePlan(input(objs)).plan;
+    assert.ok(!("limits" in again.pools.find((p) => p.id === "mail/marketing")!.addresses.find((a) => a.address === "127.0.1.12")!));
+    for (const a of again.pools.find((p) => p.id === "mail/transactional")!.addresses) assert.ok(!("limits" in a), a.address);
+    delete a11.limits;
+    delete a12.limits;
+    delete google.spec.limits;
+    assert.equal(compilePlan(input(objs)).plan.revision, compilePlan(input(examples())).plan.revision);
+  });
+
   it("a manual suspension wins and ends on time", () => {
     const objs = examples();
     const mk = objs.find((o) => o.kind === "IPPool" && o.metadata.name === "marketing") as IPPool;
