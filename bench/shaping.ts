@@ -55,6 +55,19 @@ const LOW_LIMIT = 60;
 const ROOT = join(import.meta.dirname, "..");
 const log = (msg: string) => process.stderr.write(`[shaping${FAULTS ? " --faults" : ""}] ${new Date().toISOString().slice(11, 19)} ${msg}\n`);
 
+function getText(url: string): Promise<string> {
+  return new Promise((resolve) => {
+    const req = request(url, { timeout: 3000, agent: false }, (r) => {
+      const chunks: Buffer[] = [];
+      r.on("data", (c: Buffer) => chunks.push(c));
+      r.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    });
+    req.on("timeout", () => req.destroy(new Error(`timeout ${url}`)));
+    req.on("error", () => resolve(""));
+    req.end();
+  });
+}
+
 function getJson(url: string): Promise<any> {
   return new Promise((resolve, reject) => {
     const req = request(url, { timeout: 3000, agent: false }, (r) => {
@@ -204,7 +217,20 @@ async function main(): Promise<void> {
       }));
     };
     const shaperMsgs = () => [...seen.values()].reduce((a, b) => a + b, 0);
-    const sampler = setInterval(() => void sampleConnz(), 1000);
+    // Per relay, every second (kept with BENCH_KEEP): high-lane slots spent, and whether it shapes
+    // on its local share; says which relay sent what when a minute goes over.
+    const perRelay: Record<string, [number, number, number][]> = {};
+    const sampleRelays = async () => {
+      const at = Date.now();
+      await Promise.all([...procs.keys()].map(async (name) => {
+        const text = await getText(`http://${httpPorts.get(name)}/metrics`);
+        if (!text) return;
+        const spent = /^mailfleet_shaper_slots_total\{[^}]*provider="high"[^}]*outcome="spent"[^}]*\} (\S+)/m.exec(text);
+        const local = /^mailfleet_shaper_local_share(?:\{[^}]*\})? (\S+)/m.exec(text);
+        (perRelay[name] ??= []).push([at, Number(spent?.[1] ?? 0), Number(local?.[1] ?? 0)]);
+      }));
+    };
+    const sampler = setInterval(() => { void sampleConnz(); void sampleRelays(); }, 1000);
 
     log("lanes open: backlog draining");
     await planKv.put(PLAN_KEY, JSON.stringify(spec("Healthy")));
@@ -260,7 +286,8 @@ async function main(): Promise<void> {
     const highFullest = fullest(high.map((t) => t.at), HIGH_LIMIT);
     log(`high lane's fullest minute starts at +${highFullest.from_s} s (${highFullest.over} over)`);
     if (process.env.BENCH_KEEP) {
-      await writeFile(join(base, "transactions.json"), JSON.stringify({ t0, t1, faults, high: high.map((t) => t.at - t0), low: low.map((t) => t.at - t0) }));
+      const relays = Object.fromEntries(Object.entries(perRelay).map(([k, v]) => [k, v.map(([at, spent, local]) => [at - t0, spent, local])]));
+      await writeFile(join(base, "transactions.json"), JSON.stringify({ t0, t1, faults, high: high.map((t) => t.at - t0), low: low.map((t) => t.at - t0), relays }));
     }
     log(`high: ${high.length} opened, ${highDelivered} delivered, max ${highMax}/min; low: ${low.length} opened, ${lowDelivered} delivered, max ${lowMax}/min; shaper msgs ${traffic}`);
 

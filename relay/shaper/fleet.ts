@@ -21,7 +21,7 @@ import type { LanePlan, Plan, PlanRule, PoolPlan, ProviderPlan } from "../../api
 import type { Logger } from "../runtime/logger.ts";
 import { deliveryMetrics } from "../delivery/metrics.ts";
 import { claimCells, type CellRequest } from "./cells.ts";
-import { shaperKeys, ruleSubject, upSubject } from "./keys.ts";
+import { localSubject, shaperKeys, ruleSubject, upSubject } from "./keys.ts";
 import {
   addSpent, decodeKey, emptyKey, encodeKey, leaveRelay, liveRelays, localConnections, localShare, othersConnections, touchRelay,
   type KeyState,
@@ -43,6 +43,8 @@ const DAY_MS = 86_400_000;
  * would cost a NATS request and reply a second per busy lane and relay for nothing.
  */
 const FULL_RECHECK_MS = 3000;
+/** A relay on its local share says so this often; heard of no more for 3 times as long, it counts as back. */
+const LOCAL_ANNOUNCE_MS = 2000;
 
 export interface FleetLimiterOptions {
   store: ShaperStore;
@@ -139,6 +141,17 @@ interface LaneLocal {
   touched: number;
 }
 
+/** The relay id in a local/up announcement ({"relay": id}); undefined when absent or unreadable. */
+function relayOf(d: Uint8Array): string | undefined {
+  if (!d.length) return undefined;
+  try {
+    const v = JSON.parse(new TextDecoder().decode(d)) as { relay?: unknown };
+    return typeof v?.relay === "string" ? v.relay : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, Math.max(0, ms)).unref());
 }
@@ -171,6 +184,9 @@ export class FleetLaneLimiter implements LaneLimiter {
   #timers: NodeJS.Timeout[] = [];
   #probing = false;
   #lastProbe = 0;
+  /** Other relays heard shaping on their local share: relay id -> when last heard. */
+  readonly #othersLocal = new Map<string, number>();
+  #lastAnnounce = 0;
   #metricLabels = new Map<string, Set<string>>();
 
   constructor(o: FleetLimiterOptions) {
@@ -190,7 +206,13 @@ export class FleetLaneLimiter implements LaneLimiter {
     // Rule changes: the core subject is the fast path; the KV watch brings the state in force
     // when the relay starts and repairs anything the core subject lost.
     this.#stops.push(this.#store.subscribe(ruleSubject(this.#pool), (d) => this.#onRecord(decodeRule(d))));
-    this.#stops.push(this.#store.subscribe(upSubject(this.#pool), () => {
+    this.#stops.push(this.#store.subscribe(localSubject(this.#pool), (d) => {
+      const relay = relayOf(d);
+      if (relay && relay !== this.#self) this.#othersLocal.set(relay, this.#now());
+    }));
+    this.#stops.push(this.#store.subscribe(upSubject(this.#pool), (d) => {
+      const relay = relayOf(d);
+      if (relay) this.#othersLocal.delete(relay);
       if (this.#failingSince === undefined) return;
       this.#lastProbe = 0;
       void this.tick();
@@ -596,7 +618,8 @@ export class FleetLaneLimiter implements LaneLimiter {
     try {
       await this.#update(L.key, (cur, now) => {
         const relays = liveRelays(cur, this.#self, now, this.#lease);
-        const { batch, horizon } = this.#sizing(L, limit, relays, now);
+        const chain = this.#leaveLocalShares(limit, cur, relays, now);
+        const { batch, horizon } = this.#sizing(L, chain, relays, now);
         let s: SlotState = cur.s ?? { tat: 0 };
         if (release.length) s = releaseSlots(s, limit, release);
         // Back from the local share: its quota use counts, and the fleet's chain resumes after the
@@ -604,7 +627,7 @@ export class FleetLaneLimiter implements LaneLimiter {
         // resumed at `now` would put fleet slots beside them, over the limit). The local stock
         // not handed out is dropped on the rejoin, so it does not push the chain.
         if (L.key.local) s = this.#rejoin(L, s, limit);
-        const r = reserve(s, limit, batch, now, horizon);
+        const r = reserve(s, chain, batch, now, horizon);
         // Slots are useless without a connection: ask for one in the same write (only then: a
         // relay that gets no slots must not hold a connection another relay could use).
         const desired = this.#desiredConns(L.key, now);
@@ -702,6 +725,35 @@ export class FleetLaneLimiter implements LaneLimiter {
     return r.slots;
   }
 
+  /**
+   * The limit this relay reserves a key's capacity under: the whole limit, less the shares of the
+   * relays live on the key that said they shape on their local share (they send that share beside
+   * the chain, and the chain does not see it).
+   */
+  #leaveLocalShares(limit: SlotLimit, cur: KeyState | null, relays: number, now: number): SlotLimit {
+    let local = 0;
+    for (const [relay, heard] of this.#othersLocal) {
+      if (now - heard > 3 * LOCAL_ANNOUNCE_MS) this.#othersLocal.delete(relay);
+      else if (cur?.r[relay] && now - cur.r[relay]!.seen < this.#lease) local++;
+    }
+    if (!local || relays <= local) return limit;
+    return { ...limit, factor: (limit.factor * (relays - local)) / relays };
+  }
+
+  #announcement(): Uint8Array {
+    return new TextEncoder().encode(JSON.stringify({ relay: this.#self }));
+  }
+
+  /**
+   * While KV does not answer (and so on the local share after fallbackAfterMs): say so now and then,
+   * so relays that still reach KV leave this relay its share.
+   */
+  #announceLocal(): void {
+    if (this.#now() - this.#lastAnnounce < LOCAL_ANNOUNCE_MS) return;
+    this.#lastAnnounce = this.#now();
+    this.#store.publish(localSubject(this.#pool), this.#announcement());
+  }
+
   /** While on the local share: a write now and then tells when NATS is back. */
   #probe(L: LaneLocal): void {
     if (this.#probing || this.#now() - this.#lastProbe < 250) return;
@@ -727,7 +779,7 @@ export class FleetLaneLimiter implements LaneLimiter {
     else {
       try {
         await this.#update(k, (cur, t) => {
-          const r = claimCells(cur.cells, limit, requests, t);
+          const r = claimCells(cur.cells, this.#leaveLocalShares(limit, cur, liveRelays(cur, this.#self, t, this.#lease), t), requests, t);
           grants = r.grants;
           return { ...touchRelay(cur, this.#self, t, this.#lease, Math.max(k.conns, this.#desiredConns(k, t)), null).next, cells: r.next };
         });
@@ -755,10 +807,12 @@ export class FleetLaneLimiter implements LaneLimiter {
     const wasLocal = this.#isLocal();
     this.#failingSince = undefined;
     this.#metrics?.fallback.set(0);
+    // The others may still be on their local shares: tell them to try now; and those that left this
+    // relay its share may take the whole chain again.
+    if (wasLocal || this.#lastAnnounce) this.#store.publish(upSubject(this.#pool), this.#announcement());
+    this.#lastAnnounce = 0;
     if (wasLocal) {
       this.#log?.info("shaper: NATS reachable again; back on the fleet's limits");
-      // The others may still be on their local shares: tell them to try now.
-      this.#store.publish(upSubject(this.#pool), new Uint8Array());
       // Slots made on the local share stay with delivery until spent; the stock goes.
       for (const L of this.#lanes.values()) if (L.key.local) this.#dropStock(L, "dropped");
     }
@@ -767,6 +821,9 @@ export class FleetLaneLimiter implements LaneLimiter {
   #fail(e: unknown): void {
     if (this.#failingSince === undefined) {
       this.#failingSince = this.#now();
+      // Said at once, not when the local share begins: the others' reservations reach a lead time
+      // ahead, so they must leave this relay its share from now on for the slots it will send then.
+      this.#announceLocal();
       this.#log?.warn("shaper: NATS not answering; holding the slots already reserved", { error: e as Error });
       setTimeout(() => {
         if (this.#isLocal()) {
@@ -1120,6 +1177,7 @@ export class FleetLaneLimiter implements LaneLimiter {
     if (this.#failingSince !== undefined) {
       const L = [...this.#lanes.values()].sort((a, b) => b.touched - a.touched)[0];
       if (L) this.#probe(L);
+      this.#announceLocal();
     }
     this.#updateMetrics(now);
   }

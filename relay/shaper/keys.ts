@@ -11,6 +11,8 @@
 //     rp.<pool>.<provider>            response-rule state of a provider for one pool (SuspendProvider)
 //   mf.shaper.rule.<pool>            core subject: rule state changes, to every relay of the pool at once
 //   mf.shaper.up.<pool>              core subject: a relay found NATS answering again (rejoin together)
+//   mf.shaper.local.<pool>           core subject: a relay's KV requests fail, it shapes (or soon will)
+//                                    on its local share: the others leave it its share of its keys
 import { token } from "../queue/topology.ts";
 import type { LaneRef } from "./types.ts";
 
@@ -41,3 +43,10 @@ export const shaperKeys = {
 export const ruleSubject = (pool: string) => `${RULE_SUBJECT_PREFIX}.${token(pool)}`;
 /** Core subject: "NATS answers again", so relays on their local share rejoin together. */
 export const upSubject = (pool: string) => `mf.shaper.up.${token(pool)}`;
+/**
+ * Core subject: "KV does not answer me; I hold my slots and then shape on my local share", said at the
+ * first failure and repeated while it lasts. A relay whose KV requests
+ * fail may still reach the core subjects (a stream electing its leader, a server that lost its
+ * route to the leader); the relays that still reserve on the fleet's chain then leave it its share.
+ */
+export const localSubject = (pool: string) => `mf.shaper.local.${token(pool)}`;

@@ -242,16 +242,18 @@ export class MemoryClient implements ShaperStore {
   readonly #m: MemoryShaperStore;
   /** Cut off from "NATS": every operation fails. */
   down = false;
+  /** KV requests fail (they time out), core subjects still flow: a stream without a leader for this client. */
+  kvDown = false;
   #unsubs = new Set<() => void>();
   constructor(m: MemoryShaperStore) {
     this.#m = m;
   }
   async get(key: string): Promise<Stored | null> {
-    if (this.down) throw new StoreUnavailable(`get ${key}: disconnected`);
+    if (this.down || this.kvDown) throw new StoreUnavailable(`get ${key}: disconnected`);
     return this.#m._get(key);
   }
   async cas(key: string, value: Uint8Array, rev: number): Promise<number> {
-    if (this.down) throw new StoreUnavailable(`update ${key}: disconnected`);
+    if (this.down || this.kvDown) throw new StoreUnavailable(`update ${key}: disconnected`);
     return this.#m._cas(key, value, rev);
   }
   publish(subject: string, data: Uint8Array): void {
