@@ -10,6 +10,7 @@
 //   times; a slot without room in every key is dropped, never sent late.
 // - Connections: each relay holds an allowance on the lane key (and provider/address keys with a
 //   cap) as an entry that expires unless refreshed, so a dead relay's connections free themselves.
+//   A lane's connection rate is a second chain on the lane key: one slot per connection opened.
 // - Response rules: applied locally at once, broadcast on a core subject (every relay within
 //   milliseconds), persisted in KV (late joiners, restarts, IPPool status); suspensions also push
 //   the lane's chain past their end. Merged as envelopes (rulestate.ts), recovered by the clock.
@@ -23,8 +24,8 @@ import { deliveryMetrics } from "../delivery/metrics.ts";
 import { claimCells, type CellRequest } from "./cells.ts";
 import { localSubject, shaperKeys, ruleSubject, upSubject } from "./keys.ts";
 import {
-  addSpent, decodeKey, emptyKey, encodeKey, leaveRelay, liveRelays, localConnections, localShare, othersConnections, touchRelay,
-  type KeyState,
+  addSpent, connectionLimit, decodeKey, emptyKey, encodeKey, leaveRelay, liveRelays, localConnections, localShare, othersConnections,
+  takeConnection, touchRelay, type KeyState,
 } from "./keystate.ts";
 import { LANE_STATE_NAMES, shaperMetrics, type LaneStateName, type ShaperMetrics } from "./metrics.ts";
 import { applyRule, effective, matchRule, messageEffect, recoveryOf, settle, type Adjustment, type Effective } from "./rules.ts";
@@ -107,6 +108,11 @@ interface KeyLocal {
     /** Local slots spent so far. */
     spent?: number;
   };
+  /**
+   * The lane's connection-rate chain on the local share (its share of the rate). Kept until a
+   * connection is next taken on the fleet's chain, which then resumes no earlier than its head.
+   */
+  connLocal?: SlotState;
   /** Serialises writes of this relay on this key. */
   chain: Promise<unknown>;
 }
@@ -915,23 +921,24 @@ export class FleetLaneLimiter implements LaneLimiter {
     const plan = this.#lanePlans.get(L.id)!;
     const eff = this.#effective(ref, plan, now);
     if (L.key.open >= eff.maxConnections) return { retryAt: now + 250 };
+    const rate = plan.shape.connectionRate ? connectionLimit(plan.shape.connectionRate) : null;
+    // The chain only moves forward: a slot not due on the copy last read is not due in KV either.
+    if (rate && !this.#isLocal()) {
+      const due = takeConnection(L.key.known?.c, rate, now, graceFor(rate), L.key.connLocal?.tat);
+      if ("retryAt" in due) return { retryAt: due.retryAt };
+    }
     const keys: { k: KeyLocal; max: number | null }[] = [{ k: L.key, max: eff.maxConnections }];
     for (const s of this.#secondaries(ref)) if (s.maxConns !== null) keys.push({ k: s.k, max: s.maxConns });
+    // The connection-rate slot is taken last, once every cap said yes (a slot taken for a connection
+    // that a provider or address cap then refuses is lost to the lane): in the lane key's allowance
+    // write when the lane key is the only one, else in a write of its own after the others.
     for (const { k, max } of keys) {
-      if (k.open < this.#allowance(k, max, now)) continue;
-      k.lastBusy = now;
-      if (this.#isLocal() || max === null) return { retryAt: now + 250 };
-      // Every connection held by live relays as of a recent read: ask again later, without I/O.
-      if (k.known && now - k.readAt < FULL_RECHECK_MS && k.conns + othersConnections(k.known, this.#self, now, this.#lease) >= max) return { retryAt: now + 250 };
-      try {
-        await this.#update(k, (cur, t) => {
-          const r = touchRelay(cur, this.#self, t, this.#lease, k.open + 1, max);
-          return r.conns === k.conns && t - k.wroteAt < this.#lease / 3 ? null : r.next;
-        }, (next) => { k.conns = next.r[this.#self]?.conns ?? k.conns; });
-      } catch {
-        return { retryAt: this.#now() + 500 };
-      }
-      if (k.open >= this.#allowance(k, max, this.#now())) return { retryAt: this.#now() + 250 };
+      const retryAt = await this.#admit(k, max, rate && keys.length === 1 ? rate : null, now);
+      if (retryAt !== null) return { retryAt };
+    }
+    if (rate && keys.length > 1) {
+      const retryAt = await this.#admit(L.key, null, rate, now);
+      if (retryAt !== null) return { retryAt };
     }
     for (const { k } of keys) k.open++;
     let released = false;
@@ -943,6 +950,72 @@ export class FleetLaneLimiter implements LaneLimiter {
         for (const { k } of keys) k.open = Math.max(0, k.open - 1);
       },
     };
+  }
+
+  /**
+   * One key's say on a new connection: room under its cap (the allowance, grown with one write when
+   * used up) and, with `rate`, the next slot of the lane's connection-rate chain (in the same
+   * write). Null: yes; else when to ask again.
+   */
+  async #admit(k: KeyLocal, max: number | null, rate: SlotLimit | null, now: number): Promise<number | null> {
+    const need = k.open >= this.#allowance(k, max, now);
+    if (!need && !rate) return null;
+    if (need) {
+      k.lastBusy = now;
+      if (this.#isLocal() || max === null) return now + 250;
+      // Every connection held by live relays as of a recent read: ask again later, without I/O.
+      if (k.known && now - k.readAt < FULL_RECHECK_MS && k.conns + othersConnections(k.known, this.#self, now, this.#lease) >= max) return now + 250;
+    }
+    if (rate && this.#isLocal()) return this.#localConnection(k, rate, now);
+    // What the last attempt decided (the function runs again on a conflict).
+    let refused: number | null = null;
+    let took = false;
+    try {
+      await this.#update(k, (cur, t) => {
+        refused = null;
+        took = false;
+        let next: KeyState | null = null;
+        let base = cur;
+        if (need) {
+          const r = touchRelay(cur, this.#self, t, this.#lease, k.open + 1, max);
+          if (r.conns !== k.conns || t - k.wroteAt >= this.#lease / 3) next = r.next;
+          // No room under the cap: no slot either (checked again below).
+          if (!rate || r.conns <= k.open) return next;
+          base = r.next;
+        }
+        const take = takeConnection(cur.c, this.#leaveLocalShares(rate!, cur, liveRelays(cur, this.#self, t, this.#lease), t), t, graceFor(rate!), k.connLocal?.tat);
+        if ("retryAt" in take) {
+          refused = take.retryAt;
+          return next;
+        }
+        took = true;
+        // A write refreshes this relay's entry (presence), its allowance as it is.
+        if (!need) base = touchRelay(cur, this.#self, t, this.#lease, k.conns, null).next;
+        return { ...base, c: take.next };
+      }, (next) => {
+        k.conns = next.r[this.#self]?.conns ?? k.conns;
+        if (took) k.connLocal = undefined;
+      });
+    } catch (e) {
+      // On the local share by now (NATS down long enough): the share of the rate, as for the slots.
+      if (rate && !need && e instanceof StoreUnavailable && this.#isLocal()) return this.#localConnection(k, rate, this.#now());
+      return this.#now() + 500;
+    }
+    if (refused !== null) return refused;
+    if (k.open >= this.#allowance(k, max, this.#now())) return this.#now() + 250;
+    return null;
+  }
+
+  /**
+   * A connection slot on the local share: the rate over the relays last seen live on the key, never
+   * unlimited. The chain starts after the fleet chain's head as last known. Null: taken.
+   */
+  #localConnection(k: KeyLocal, rate: SlotLimit, now: number): number | null {
+    const share = localShare(rate, undefined, k.relays, now);
+    const take = takeConnection(k.connLocal, share, now, graceFor(rate), k.lastGood?.c?.tat);
+    if ("retryAt" in take) return take.retryAt;
+    k.connLocal = take.next;
+    return null;
   }
 
   #allowance(k: KeyLocal, max: number | null, now: number): number {

@@ -7,7 +7,7 @@
 // that really send on it. An entry not refreshed within the lease time no longer counts, and its
 // connection allowance is free again: a relay that dies leaves no limit stuck.
 import type { CellState } from "./cells.ts";
-import type { SlotLimit, SlotState } from "./slots.ts";
+import { reserve, type SlotLimit, type SlotState } from "./slots.ts";
 
 export interface RelayEntry {
   /** Last time the relay wrote its entry (ms since epoch, the relay's clock). */
@@ -20,6 +20,8 @@ export interface KeyState {
   v: 1;
   /** Lane keys: the send-slot chain and quota windows (slots.ts). */
   s?: SlotState;
+  /** Lane keys of lanes with a connection rate: the chain of connection opens (takeConnection). */
+  c?: SlotState;
   /** Provider/address keys with a rate limit: claimed cells (cells.ts). */
   cells?: CellState;
   /** Relay id -> entry. */
@@ -126,4 +128,28 @@ export function addSpent(s: SlotState, spent: { day?: { start: number; used: num
     else if (cur.start === add.start) next[w] = { start: cur.start, used: cur.used + add.used };
   }
   return next;
+}
+
+/**
+ * A lane's connection rate as a chain limit. Factor 1, as in local.ts: a SlowDown stretches the
+ * message rate, and rules limit connections through their own lever (CapConnections, the ramp
+ * after a suspension); stretching opens too would also hold back the reconnects a slowed lane
+ * needs when its connections close after messagesPerConnection.
+ */
+export function connectionLimit(rate: { count: number; periodMs: number }): SlotLimit {
+  return { rate, factor: 1, daily: null, hourly: null, dayMs: 86_400_000, dayZero: 0 };
+}
+
+/**
+ * One connection open on a connection-rate chain: the next slot when it falls before `now +
+ * graceMs` (the connection opens now, at most the grace ahead of its slot), else when it will.
+ * The chain resumes no earlier than `after` (the head of this relay's local chain, back from its
+ * local share). Slots are never saved up (reserve starts at now at the earliest), so in any window
+ * of a period at most the slots within it plus the grace open: L + 1 while the grace is under one
+ * interval (300 ms against 2 s at 30/min).
+ */
+export function takeConnection(c: SlotState | undefined, limit: SlotLimit, now: number, graceMs: number, after = 0): { next: SlotState } | { retryAt: number } {
+  const state: SlotState = { ...(c ?? { tat: 0 }), tat: Math.max(c?.tat ?? 0, after) };
+  const r = reserve(state, limit, 1, now, Math.max(1, graceMs));
+  return r.slots.length ? { next: { tat: r.next.tat, n: r.next.n ?? 0 } } : { retryAt: r.retryAt };
 }

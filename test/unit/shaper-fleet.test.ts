@@ -13,7 +13,7 @@ import { mergeAdjustments } from "../../relay/shaper/rulestate.ts";
 import { graceFor, maxInWindow, type SlotLimit } from "../../relay/shaper/slots.ts";
 import { MemoryShaperStore, type MemoryClient } from "../../relay/shaper/store.ts";
 import { shaperKeys } from "../../relay/shaper/keys.ts";
-import type { LaneRef, Observation } from "../../relay/shaper/types.ts";
+import type { ConnectionLease, LaneRef, Observation } from "../../relay/shaper/types.ts";
 import type { Adjustment } from "../../relay/shaper/rules.ts";
 
 const POOL = "mail/p";
@@ -65,6 +65,9 @@ interface SimRelay {
   /** Granted slots waiting for their time. */
   pending: { lane: LaneRef; slot: number }[];
   /** Messages in flight per lane (a stand-in for delivery's busy count). */
+  /** Connections open (run() with `connect`), and when each lane may ask for another. */
+  leases: { lease: ConnectionLease; until: number }[];
+  nextConnect: Map<string, number>;
 }
 
 /** A fleet of relays on one fake clock. Delivery is simulated: ask, wait for the slot, spend. */
@@ -74,6 +77,8 @@ class Sim {
   readonly relays: SimRelay[] = [];
   /** Send times per lane id. */
   readonly sent = new Map<string, number[]>();
+  /** Connections opened per lane id: when, and by which relay. */
+  readonly opened = new Map<string, { at: number; relay: string }[]>();
   plan: Plan;
   lateness: (r: SimRelay) => number = () => 0;
 
@@ -86,7 +91,7 @@ class Sim {
     const client = this.store.client();
     const limiter = new FleetLaneLimiter({ store: client, relayId: `r${this.relays.length}`, pool: POOL, now: () => this.now, timers: false, ...opts });
     limiter.setPlan(this.plan);
-    const r: SimRelay = { id: `r${this.relays.length}`, client, limiter, alive: true, pending: [] };
+    const r: SimRelay = { id: `r${this.relays.length}`, client, limiter, alive: true, pending: [], leases: [], nextConnect: new Map() };
     this.relays.push(r);
     return r;
   }
@@ -96,14 +101,20 @@ class Sim {
     for (const r of this.relays) r.limiter.setPlan(plan);
   }
 
-  /** Advances the clock in steps; every live relay asks for up to `ask` slots per lane per step. */
-  async run(ms: number, lanes: LaneRef[], o: { step?: number; ask?: number; tickEvery?: number } = {}): Promise<void> {
+  /**
+   * Advances the clock in steps; every live relay asks for up to `ask` slots per lane per step. With
+   * `connect`, it also opens connections on those lanes as delivery does (asks again at the retryAt
+   * it is given, 20 ms to 1 s later, plus a little timer jitter; wants another at once when it got
+   * one) and holds each `holdMs`.
+   */
+  async run(ms: number, lanes: LaneRef[], o: { step?: number; ask?: number; tickEvery?: number; connect?: { lanes: LaneRef[]; holdMs: number } } = {}): Promise<void> {
     const step = o.step ?? 5;
     const end = this.now + ms;
     let nextTick = this.now;
     while (this.now < end) {
       for (const r of this.relays) {
         if (!r.alive) continue;
+        if (o.connect) await this.#connect(r, o.connect.lanes, o.connect.holdMs);
         for (const l of lanes) {
           const inflight = r.pending.filter((p) => p.lane === l).length;
           const want = Math.max(0, (o.ask ?? 8) - inflight);
@@ -136,6 +147,34 @@ class Sim {
     }
   }
 
+  async #connect(r: SimRelay, lanes: LaneRef[], holdMs: number): Promise<void> {
+    r.leases = r.leases.filter((x) => {
+      if (x.until > this.now) return true;
+      x.lease.release();
+      return false;
+    });
+    for (const l of lanes) {
+      const id = `${l.pool}|${l.address}|${l.provider}`;
+      if (this.now < (r.nextConnect.get(id) ?? 0)) continue;
+      const got = await r.limiter.connect(l);
+      if ("release" in got) {
+        const list = this.opened.get(id) ?? [];
+        list.push({ at: this.now, relay: r.id });
+        this.opened.set(id, list);
+        r.leases.push({ lease: got, until: this.now + holdMs });
+      } else {
+        // Timers fire a little late, each relay's differently: ties between relays go either way.
+        r.nextConnect.set(id, this.now + Math.max(20, Math.min(1000, got.retryAt - this.now)) + Math.floor(Math.random() * 40));
+      }
+    }
+  }
+
+  /** Connection open times on a lane (of one relay, when given), sorted. */
+  opens(l: LaneRef, relay?: string): number[] {
+    const list = this.opened.get(`${l.pool}|${l.address}|${l.provider}`) ?? [];
+    return list.filter((o) => relay === undefined || o.relay === relay).map((o) => o.at).sort((a, b) => a - b);
+  }
+
   times(l: LaneRef): number[] {
     return [...(this.sent.get(`${l.pool}|${l.address}|${l.provider}`) ?? [])].sort((a, b) => a - b);
   }
@@ -147,6 +186,7 @@ class Sim {
   }
 
   async close(): Promise<void> {
+    for (const r of this.relays) for (const x of r.leases) x.lease.release();
     for (const r of this.relays) await r.limiter.close().catch(() => {});
   }
 }
@@ -394,6 +434,99 @@ describe("fleet shaper: connections", () => {
       await flush();
     }
     assert.ok(!("release" in (await b!.limiter.connect(lane()))), "still held by a");
+    await sim.close();
+  });
+});
+
+describe("fleet shaper: connection rate", () => {
+  const conn30 = { connectionRate: { count: 30, periodMs: 60_000 } };
+
+  it("one write takes the allowance and the connection slot; a slot not due is refused without I/O until its time", async () => {
+    const sim = new Sim(makePlan({ lanes: [{ address: A1, shape: shape(600, 60_000, conn30) }] }), 2);
+    const [a, b] = sim.relays;
+    const ops = { ...sim.store.ops };
+    const first = await a!.limiter.connect(lane());
+    assert.ok("release" in first, "the first connection");
+    assert.equal(sim.store.ops.cas - ops.cas, 1, "allowance and slot in one compare-and-set");
+    const stored = decodeKey(sim.store.data.get(shaperKeys.lane(lane()))!.value)!;
+    assert.equal(stored.c?.n, 1, "a slot taken on the lane key's connection chain");
+    assert.equal(stored.r[a!.id]?.conns, 1, "and the allowance");
+    const denied = await b!.limiter.connect(lane());
+    assert.ok(!("release" in denied), "the next open is 2 s later, fleet-wide");
+    assert.ok(denied.retryAt >= sim.now + 1900 && denied.retryAt <= sim.now + 2000, `retryAt ${denied.retryAt - sim.now} ms ahead`);
+    const before = { ...sim.store.ops };
+    assert.ok(!("release" in (await b!.limiter.connect(lane()))), "still not due");
+    assert.deepEqual(sim.store.ops, before, "refused on the chain as last read, without I/O");
+    sim.now = denied.retryAt;
+    assert.ok("release" in (await b!.limiter.connect(lane())), "due at the slot time");
+    await sim.close();
+  });
+
+  it("a connection that a provider cap refuses takes no slot of the lane's chain", async () => {
+    const plan = makePlan({ lanes: [{ address: A1, shape: shape(600, 60_000, conn30) }], limits: { messageRate: null, maxConnections: 1 } });
+    const sim = new Sim(plan, 2);
+    const [a, b] = sim.relays;
+    const first = await a!.limiter.connect(lane());
+    assert.ok("release" in first, "the first connection");
+    sim.now += 2000;
+    assert.ok(!("release" in (await b!.limiter.connect(lane()))), "the provider's one connection is a's");
+    assert.equal(decodeKey(sim.store.data.get(shaperKeys.lane(lane()))!.value)!.c?.n, 1, "b's refused connection took no slot");
+    first.release();
+    assert.ok("release" in (await a!.limiter.connect(lane())), "the slot due now is still there");
+    await sim.close();
+  });
+
+  it("4 relays opening connections on a 30/min lane (with mail flowing): at most 31 in any 60 s window, about 30 a minute", async () => {
+    const s = shape(600, 60_000, conn30);
+    const sim = new Sim(makePlan({ lanes: [{ address: A1, shape: s }] }), 4);
+    sim.lateness = () => Math.floor(Math.random() * 20);
+    await sim.run(185_000, [lane()], { step: 20, connect: { lanes: [lane()], holdMs: 1500 } });
+    const opens = sim.opens(lane());
+    assert.ok(maxInWindow(opens, 60_000) <= 31, `window ${maxInWindow(opens, 60_000)} > 31`);
+    const last = opens.filter((x) => x >= sim.now - 120_000).length;
+    assert.ok(last >= 57, `opens in the last 2 minutes: ${last} of 60`);
+    for (const r of sim.relays) assert.ok(sim.opens(lane(), r.id).length > 0, `${r.id} opened connections too`);
+    // The message rate is held as before beside it.
+    assert.ok(maxInWindow(sim.times(lane()), 60_000) <= bound(s), `messages ${maxInWindow(sim.times(lane()), 60_000)}`);
+    await sim.close();
+  });
+
+  it("on the local share (NATS unreachable for all), each of 3 relays opens at most its share (10/min) and still gets it", async () => {
+    const s = shape(600, 60_000, conn30);
+    const sim = new Sim(makePlan({ lanes: [{ address: A1, shape: s }] }), 3);
+    const connect = { lanes: [lane()], holdMs: 1500 };
+    await sim.run(20_000, [lane()], { step: 20, connect });
+    for (const r of sim.relays) r.client.down = true;
+    const from = sim.now;
+    await sim.run(125_000, [lane()], { step: 20, connect });
+    assert.ok(sim.relays.every((r) => r.limiter.local), "every relay on its local share");
+    for (const r of sim.relays) {
+      const mine = sim.opens(lane(), r.id).filter((x) => x >= from);
+      assert.ok(maxInWindow(mine, 60_000) <= 11, `${r.id}: ${maxInWindow(mine, 60_000)} in 60 s, its share is 10`);
+      const lastMinute = mine.filter((x) => x >= sim.now - 60_000).length;
+      assert.ok(lastMinute >= 9, `${r.id} still opens on its share: ${lastMinute} in the last minute`);
+    }
+    const all = sim.opens(lane()).filter((x) => x >= from);
+    assert.ok(maxInWindow(all, 60_000) <= 33, `fleet-wide on the shares: ${maxInWindow(all, 60_000)}`);
+    await sim.close();
+  });
+
+  it("one relay whose KV requests fail for 10 s (its announcement heard): the others leave it its share of opens, every 60 s window within 31", async () => {
+    const sim = new Sim(makePlan({ lanes: [{ address: A1, shape: shape(600, 60_000, conn30) }] }), 3);
+    const connect = { lanes: [lane()], holdMs: 1500 };
+    // A full minute at the rate before the episode, so the minutes that hold it are full.
+    await sim.run(65_000, [lane()], { step: 20, connect });
+    const cut = sim.relays[1]!;
+    cut.client.kvDown = true;
+    await sim.run(10_000, [lane()], { step: 20, connect });
+    assert.equal(cut.limiter.local, true, "on its local share");
+    cut.client.kvDown = false;
+    await sim.run(55_000, [lane()], { step: 20, connect });
+    assert.equal(cut.limiter.local, false, "back on the fleet's chain");
+    // Without leaving it its share on the connection chain, the minutes around the episode held 32.
+    const opens = sim.opens(lane());
+    assert.ok(maxInWindow(opens, 60_000) <= 31, `window ${maxInWindow(opens, 60_000)} > 31`);
+    assert.ok(opens.filter((x) => x >= sim.now - 60_000).length >= 28, "about 30 a minute again");
     await sim.close();
   });
 });
