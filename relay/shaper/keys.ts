@@ -3,8 +3,9 @@
 // agree.
 //
 //   mf-shaper (KV, R3 when the mail streams are R3)
-//     l.<pool>.<address>.<provider>   lane key: send-slot chain, warm-up quota windows, and per-relay
-//                                     entries (liveness + connection allowance, expiring leases)
+//     l.<pool>.<address>.<provider>   lane key: send-slot chain, warm-up quota windows, connection-rate
+//                                     chain, and per-relay entries (liveness + connection allowance,
+//                                     expiring leases)
 //     p.<provider>                    provider as a whole (fleet-wide): rate cells + connection allowances
 //     a.<address>                     source address as a whole (fleet-wide): the same
 //     r.<pool>.<address>.<provider>   response-rule state of a lane (SlowDown, SuspendLane, CapConnections)
