@@ -59,7 +59,7 @@ const BASES: J[] = [
   {
     apiVersion: "mailfleet.io/v1alpha1", kind: "IPPool", metadata: meta("marketing"),
     spec: {
-      addresses: [{ address: "192.0.2.11", hostname: "mta11.news.example.com", nodeName: "node-a" }, { address: "2001:db8::12", hostname: "mta12.news.example.com" }],
+      addresses: [{ address: "192.0.2.11", hostname: "mta11.news.example.com", nodeName: "node-a", limits: { messageRate: "2000/h", maxConnections: 8 } }, { address: "2001:db8::12", hostname: "mta12.news.example.com" }],
       warmupScheduleRef: { name: "standard" },
       overflowPoolRef: { name: "transactional" },
       egress: { mode: "PerAddress", bindAddress: false },
