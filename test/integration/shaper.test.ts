@@ -7,8 +7,8 @@
 // by all relays. Limits are checked at the receivers; nothing here asserts speed beyond the issue's
 // functional bound (a rule applies on every relay within one second); waits are generous.
 //
-// Addresses: sources 127.0.75.1-2, Postfix MX 127.0.74.1, recorder MX 127.0.74.2, relay listeners
-// 127.0.76.x, DNS 127.0.53.74.
+// Addresses: sources 127.0.75.1-2, Postfix MX 127.0.74.1 (anvil.test) and 127.0.74.3 (conn.test),
+// recorder MX 127.0.74.2, relay listeners 127.0.76.x, DNS 127.0.53.74.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { chmod, mkdtemp, readFile, rm } from "node:fs/promises";
@@ -53,6 +53,7 @@ const relays = new Map<string, ManagedProcess>();
 
 const anvil = (lane: ProviderSpec["lane"], rules: PlanRule[] = []): ProviderSpec => ({ name: "anvil", mxSuffixes: ["anvil.test"], lane, rules });
 const recp = (lane: ProviderSpec["lane"], rules: PlanRule[] = []): ProviderSpec => ({ name: "rec", mxSuffixes: ["rec.test"], lane, rules });
+const connp = (lane: ProviderSpec["lane"]): ProviderSpec => ({ name: "conn", mxSuffixes: ["conn.test"], lane, rules: [] });
 
 let plan: Plan;
 async function applyPlan(spec: Omit<PlanSpec, "addresses">): Promise<void> {
@@ -128,13 +129,19 @@ before(async () => {
       { type: "A", name: "mx.anvil.test", value: "127.0.74.1" },
       { type: "MX", name: "rec.test", value: "mx.rec.test" },
       { type: "A", name: "mx.rec.test", value: "127.0.74.2" },
+      { type: "MX", name: "conn.test", value: "mx.conn.test" },
+      { type: "A", name: "mx.conn.test", value: "127.0.74.3" },
     ],
   });
   // anvil: 12 messages per 30 s and 3 connections per client; the lanes below: 10 per 30 s, 2 connections.
+  // conn.test's listener: 6 new connections per 30 s per client; its lanes open 4 (L + 1 = 5 at most).
   pf = await startPostfix({
     dir: join(base, "postfix"),
-    domains: ["anvil.test"],
-    listeners: [{ address: "127.0.74.1", hostname: "mx.anvil.test", limits: { messageRatePerUnit: 12, connectionCountLimit: 3, rateTimeUnit: "30s" } }],
+    domains: ["anvil.test", "conn.test"],
+    listeners: [
+      { address: "127.0.74.1", hostname: "mx.anvil.test", limits: { messageRatePerUnit: 12, connectionCountLimit: 3, rateTimeUnit: "30s" } },
+      { address: "127.0.74.3", hostname: "mx.conn.test", limits: { connectionRatePerUnit: 6, rateTimeUnit: "30s" } },
+    ],
   });
   rec = await startRecorder({ addresses: ["127.0.74.2"] });
   nc = await connect({ servers: nats.urls });
@@ -190,6 +197,26 @@ describe("lane limits across relays", () => {
     // Every relay shared the lanes: each left an entry on the lane key.
     const k = await laneKey(OUT1.address, "anvil");
     assert.ok(Object.keys(k?.r ?? {}).length >= 2, `relays on the lane key: ${Object.keys(k?.r ?? {})}`);
+  });
+
+  test("a lane's connection rate holds across relays: anvil's connection rate never fires", T, async () => {
+    // One message per connection and a message rate far above the connection rate: the relays would
+    // open 8 connections per lane at once; the lane allows 4 new ones per 30 s fleet-wide.
+    await applyPlan({ providers: [connp({ messageRate: { count: 60, periodMs: 30_000 }, maxConnections: 2, messagesPerConnection: 1, connectionRate: { count: 4, periodMs: 30_000 } })] });
+    const subs = await send(16, "conn.test", "c");
+    const qids = new Set(subs.map((s) => s.qid));
+    await until("16 delivered", () => delivered(qids) === 16, 400_000);
+    assert.doesNotMatch(await pf.log(), /Connection rate limit exceeded|too many connections/, "anvil's connection rate never fired");
+    const msgs = (await pf.deliveredMessages()).filter((m) => m.deliveredTo.startsWith("c"));
+    for (const src of [OUT1.address, OUT2.address]) {
+      const times = msgs.filter((m) => m.clientIp === src).map((m) => m.receivedAt.getTime());
+      assert.ok(times.length > 0, `${src} sent on its lane`);
+      // One message per connection: message times are connection times (one-second resolution).
+      assert.ok(windows(times, 31_000) <= 5, `${src}: ${windows(times, 31_000)} connections in 30 s`);
+    }
+    // The connection-rate chain lives on the lane key, shared by the relays.
+    const k = await laneKey(OUT1.address, "conn");
+    assert.ok(k?.c, "the lane key holds the connection-rate chain");
   });
 
   test("a fleet told wrong limits triggers anvil and backs off from the real 450 and 421 replies", T, async () => {
