@@ -147,12 +147,14 @@ interface LaneLocal {
   touched: number;
 }
 
-/** The relay id in a local/up announcement ({"relay": id}); undefined when absent or unreadable. */
-function relayOf(d: Uint8Array): string | undefined {
+/** A local/up announcement ({"relay": id, "keys": [...]}); undefined when absent or unreadable. */
+function announcementOf(d: Uint8Array): { relay: string; keys?: string[] } | undefined {
   if (!d.length) return undefined;
   try {
-    const v = JSON.parse(new TextDecoder().decode(d)) as { relay?: unknown };
-    return typeof v?.relay === "string" ? v.relay : undefined;
+    const v = JSON.parse(new TextDecoder().decode(d)) as { relay?: unknown; keys?: unknown };
+    if (typeof v?.relay !== "string") return undefined;
+    const keys = Array.isArray(v.keys) ? v.keys.filter((k): k is string => typeof k === "string") : undefined;
+    return { relay: v.relay, ...(keys ? { keys } : {}) };
   } catch {
     return undefined;
   }
@@ -191,7 +193,7 @@ export class FleetLaneLimiter implements LaneLimiter {
   #probing = false;
   #lastProbe = 0;
   /** Other relays heard shaping on their local share: relay id -> when last heard. */
-  readonly #othersLocal = new Map<string, number>();
+  readonly #othersLocal = new Map<string, { heard: number; keys: Set<string> | null }>();
   #lastAnnounce = 0;
   #metricLabels = new Map<string, Set<string>>();
 
@@ -213,11 +215,11 @@ export class FleetLaneLimiter implements LaneLimiter {
     // when the relay starts and repairs anything the core subject lost.
     this.#stops.push(this.#store.subscribe(ruleSubject(this.#pool), (d) => this.#onRecord(decodeRule(d))));
     this.#stops.push(this.#store.subscribe(localSubject(this.#pool), (d) => {
-      const relay = relayOf(d);
-      if (relay && relay !== this.#self) this.#othersLocal.set(relay, this.#now());
+      const a = announcementOf(d);
+      if (a && a.relay !== this.#self) this.#othersLocal.set(a.relay, { heard: this.#now(), keys: a.keys ? new Set(a.keys) : null });
     }));
     this.#stops.push(this.#store.subscribe(upSubject(this.#pool), (d) => {
-      const relay = relayOf(d);
+      const relay = announcementOf(d)?.relay;
       if (relay) this.#othersLocal.delete(relay);
       if (this.#failingSince === undefined) return;
       this.#lastProbe = 0;
@@ -624,7 +626,7 @@ export class FleetLaneLimiter implements LaneLimiter {
     try {
       await this.#update(L.key, (cur, now) => {
         const relays = liveRelays(cur, this.#self, now, this.#lease);
-        const chain = this.#leaveLocalShares(limit, cur, relays, now);
+        const chain = this.#leaveLocalShares(L.key.key, limit, cur, relays, now);
         const { batch, horizon } = this.#sizing(L, chain, relays, now);
         let s: SlotState = cur.s ?? { tat: 0 };
         if (release.length) s = releaseSlots(s, limit, release);
@@ -736,18 +738,33 @@ export class FleetLaneLimiter implements LaneLimiter {
    * relays live on the key that said they shape on their local share (they send that share beside
    * the chain, and the chain does not see it).
    */
-  #leaveLocalShares(limit: SlotLimit, cur: KeyState | null, relays: number, now: number): SlotLimit {
+  #leaveLocalShares(key: string, limit: SlotLimit, cur: KeyState | null, relays: number, now: number): SlotLimit {
     let local = 0;
-    for (const [relay, heard] of this.#othersLocal) {
-      if (now - heard > 3 * LOCAL_ANNOUNCE_MS) this.#othersLocal.delete(relay);
-      else if (cur?.r[relay] && now - cur.r[relay]!.seen < this.#lease) local++;
+    let expired = 0;
+    for (const [relay, a] of this.#othersLocal) {
+      if (now - a.heard > 3 * LOCAL_ANNOUNCE_MS) {
+        this.#othersLocal.delete(relay);
+        continue;
+      }
+      const entry = cur?.r[relay];
+      const live = entry !== undefined && now - entry.seen < this.#lease;
+      // Its announcement names the keys it shapes on its share: its entry there cannot be refreshed
+      // while it is cut off and expires after the lease, but the relay still sends its share.
+      if (a.keys ? a.keys.has(key) : live) {
+        local++;
+        if (!live) expired++;
+      }
     }
-    if (!local || relays <= local) return limit;
-    return { ...limit, factor: (limit.factor * (relays - local)) / relays };
+    const n = relays + expired;
+    if (!local || n <= local) return limit;
+    return { ...limit, factor: (limit.factor * (n - local)) / n };
   }
 
+  /** This relay, and the keys it shares: those it wrote within a lease before its failure began. */
   #announcement(): Uint8Array {
-    return new TextEncoder().encode(JSON.stringify({ relay: this.#self }));
+    const since = (this.#failingSince ?? this.#now()) - this.#lease;
+    const keys = [...this.#keys.values()].filter((k) => k.wroteAt > since).map((k) => k.key);
+    return new TextEncoder().encode(JSON.stringify({ relay: this.#self, keys }));
   }
 
   /**
@@ -785,7 +802,7 @@ export class FleetLaneLimiter implements LaneLimiter {
     else {
       try {
         await this.#update(k, (cur, t) => {
-          const r = claimCells(cur.cells, this.#leaveLocalShares(limit, cur, liveRelays(cur, this.#self, t, this.#lease), t), requests, t);
+          const r = claimCells(cur.cells, this.#leaveLocalShares(k.key, limit, cur, liveRelays(cur, this.#self, t, this.#lease), t), requests, t);
           grants = r.grants;
           return { ...touchRelay(cur, this.#self, t, this.#lease, Math.max(k.conns, this.#desiredConns(k, t)), null).next, cells: r.next };
         });
@@ -886,7 +903,11 @@ export class FleetLaneLimiter implements LaneLimiter {
 
   #good(k: KeyLocal, state: KeyState, now: number): void {
     k.lastGood = state;
-    k.relays = liveRelays(state, this.#self, now, this.#lease);
+    // While this relay's writes fail, others' may too: their entries then expire because nobody can
+    // refresh them, not because their relays left. Count the relays live when the failure began (a
+    // smaller local share, never a larger one; a relay read alone would take the whole limit).
+    const at = this.#failingSince !== undefined ? Math.min(now, this.#failingSince) : now;
+    k.relays = liveRelays(state, this.#self, at, this.#lease);
   }
 
   async #read(k: KeyLocal): Promise<void> {
@@ -983,7 +1004,7 @@ export class FleetLaneLimiter implements LaneLimiter {
           if (!rate || r.conns <= k.open) return next;
           base = r.next;
         }
-        const take = takeConnection(cur.c, this.#leaveLocalShares(rate!, cur, liveRelays(cur, this.#self, t, this.#lease), t), t, graceFor(rate!), k.connLocal?.tat);
+        const take = takeConnection(cur.c, this.#leaveLocalShares(k.key, rate!, cur, liveRelays(cur, this.#self, t, this.#lease), t), t, graceFor(rate!), k.connLocal?.tat);
         if ("retryAt" in take) {
           refused = take.retryAt;
           return next;

@@ -623,6 +623,40 @@ describe("fleet shaper: NATS unreachable", () => {
     await sim.close();
   });
 
+  it("writes failing for longer than the lease while reads work: the relays keep their share, not the whole limit", async () => {
+    const s = shape(6000, 60_000);
+    const sim = new Sim(makePlan({ lanes: [{ address: A1, shape: s }] }), 4);
+    await sim.run(20_000, [lane()]);
+    sim.store.writesDown = true;
+    await sim.run(50_000, [lane()]);
+    assert.ok(sim.relays.every((r) => r.limiter.local));
+    // Reads still return the key, whose relay entries nobody can refresh: 30 s on, they all read as
+    // expired. Each relay keeps counting the relays live when its failure began (without that, each
+    // read itself alone and took the whole limit: about 4x the rate).
+    const t = sim.times(lane());
+    const late = t.filter((x) => x >= sim.now - 15_000);
+    assert.ok(maxInWindow(late, 10_000) <= 1000 + 10, `10 s at the end of the outage: ${maxInWindow(late, 10_000)} > 1010`);
+    assert.ok(late.length >= 0.8 * 1500, `still sending on the shares: ${late.length} of 1500 in 15 s`);
+    sim.store.writesDown = false;
+    await sim.close();
+  });
+
+  it("a relay cut off longer than the lease: the others still leave it the share of the keys its announcement names", async () => {
+    const s = shape(6000, 60_000);
+    const sim = new Sim(makePlan({ lanes: [{ address: A1, shape: s }] }), 4);
+    await sim.run(65_000, [lane()]);
+    const cut = sim.relays[3]!;
+    cut.client.kvDown = true;
+    await sim.run(70_000, [lane()]);
+    assert.equal(cut.limiter.local, true);
+    // Its entry on the lane key expired 30 s after its last write, and the others dropped it; the
+    // announcement names the key, so they still reserve 3/4 of it.
+    const t = sim.times(lane());
+    assert.ok(maxInWindow(t, 60_000) <= bound(s), `window ${maxInWindow(t, 60_000)} > ${bound(s)}`);
+    cut.client.kvDown = false;
+    await sim.close();
+  });
+
   it("local share: rate / relays, quota left / relays", () => {
     const l: SlotLimit = { rate: { count: 600, periodMs: 60_000 }, factor: 1, daily: 1000, hourly: 100, dayMs: 86_400_000, dayZero: 0 };
     const share = localShare(l, { tat: 0, day: { start: 0, used: 400 }, hour: { start: 0, used: 20 } }, 4, 1000);
