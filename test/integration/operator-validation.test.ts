@@ -144,10 +144,12 @@ test("bad input", { timeout: 1_800_000 }, async (t) => {
       return condition(o, "DKIMReady")?.status === "True" && o;
     }, 180_000);
     const active = (d1.status.dkim as { state: string }[]).filter((k) => k.state === "Active").length;
-    const planBefore = await eventually("plan with d1's active keys", async () => {
+    // And the warm-up engine's day for pool a (its schedule's quotas, until the day ends) in the
+    // plan: the engine's first decision after the operator restart would otherwise change a's entry.
+    const planBefore = await eventually("plan with d1's active keys and a's warm-up day", async () => {
       const p = await env.plan();
-      return p?.domains.find((d) => d.domain === "d1.val.test")?.dkim.length === active && p;
-    });
+      return p?.domains.find((d) => d.domain === "d1.val.test")?.dkim.length === active && p.pools.find((x) => x.name === "a")?.warmup?.quotaUntil !== undefined && p;
+    }, 180_000);
     const depA = await env.get(path.deployment(NS, "a"));
     const depA2 = await env.get(path.deployment(NS, "a2"));
     const entryA = planBefore.pools.find((p) => p.name === "a");
