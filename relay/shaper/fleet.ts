@@ -192,7 +192,7 @@ export class FleetLaneLimiter implements LaneLimiter {
   #timers: NodeJS.Timeout[] = [];
   #probing = false;
   #lastProbe = 0;
-  /** Other relays heard shaping on their local share: relay id -> when last heard. */
+  /** Other relays heard shaping on their local share: relay id -> when last heard, and the keys it named (null: an announcement without them). */
   readonly #othersLocal = new Map<string, { heard: number; keys: Set<string> | null }>();
   #lastAnnounce = 0;
   #metricLabels = new Map<string, Set<string>>();
@@ -735,8 +735,8 @@ export class FleetLaneLimiter implements LaneLimiter {
 
   /**
    * The limit this relay reserves a key's capacity under: the whole limit, less the shares of the
-   * relays live on the key that said they shape on their local share (they send that share beside
-   * the chain, and the chain does not see it).
+   * relays that said they shape this key on their local share (they send that share beside the
+   * chain, and the chain does not see it).
    */
   #leaveLocalShares(key: string, limit: SlotLimit, cur: KeyState | null, relays: number, now: number): SlotLimit {
     let local = 0;
