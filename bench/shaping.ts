@@ -310,15 +310,7 @@ async function main(): Promise<void> {
     const sums: Record<string, number> = {};
     await Promise.all([...procs.keys()].map(async (name) => {
       const port = httpPorts.get(name)!;
-      const text = await new Promise<string>((resolve) => {
-        const req = request(`http://${port}/metrics`, { timeout: 3000, agent: false }, (r) => {
-          const chunks: Buffer[] = [];
-          r.on("data", (c: Buffer) => chunks.push(c));
-          r.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
-        });
-        req.on("error", () => resolve(""));
-        req.end();
-      });
+      const text = await getText(`http://${port}/metrics`);
       for (const line of text.split("\n")) {
         const m = /^mailfleet_shaper_(store_operations_total|slots_total|reservations_total)\{([^}]*)\} (\S+)/.exec(line);
         if (!m) continue;
