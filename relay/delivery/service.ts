@@ -30,6 +30,7 @@ import { NoConnectionSlot, SessionPool } from "./smtp.ts";
 import { suppressorFor } from "./suppress.ts";
 import { moveToOverflow } from "./overflow.ts";
 import { holdPart, holdUntil, pauseOf } from "./paused.ts";
+import { confirmAck, retrying } from "./settle.ts";
 
 export interface DeliveryOptions {
   /** The lane limiter (default: per relay, relay/shaper/local.ts). */
@@ -410,6 +411,15 @@ export class Delivery implements Component {
         }
         return;
       }
+      const view = this.#limiter.view(lane);
+      if (!view.sendable && view.reason !== "quota") {
+        // Suspended, paused or blocked since the fetch was asked for (a fetch waits up to 2 s for
+        // mail): back to the stream unsent. Not at once, or this relay's still-open fetch would
+        // take it straight back. (A spent quota does not count: the slot given was part of it.)
+        if (given !== null) this.#limiter.release(lane, [given]);
+        m.nak(1000);
+        return;
+      }
       // The body is read while the send slot is awaited.
       const bodyP = this.#bodies.get(env.body);
       bodyP.catch(() => {});
@@ -436,8 +446,7 @@ export class Delivery implements Component {
         const c = env.lastClass ?? "transient";
         const reply = env.lastReply ?? "451 4.4.7 Message expired in the queue";
         const rcpts: RcptResult[] = env.rcpts.map((r) => ({ rcpt: r, reply, code: reply.slice(0, 3), class: c as RcptResult["class"], permanent: false }));
-        await this.#outcomes.record({ ...env, attempts: Math.max(0, env.attempts - 1) }, rcpts, laneInfo);
-        m.ack();
+        await this.#settle(m, env, () => this.#outcomes.record({ ...env, attempts: Math.max(0, env.attempts - 1) }, rcpts, laneInfo));
         return;
       }
       let body: Buffer;
@@ -448,8 +457,7 @@ export class Delivery implements Component {
         const reply = "554 5.3.0 The message body is no longer stored";
         const rcpts: RcptResult[] = env.rcpts.map((r) => ({ rcpt: r, reply, code: "554", enhanced: "5.3.0", class: "other", permanent: true }));
         this.#log.error("body missing; bouncing", { qid: env.id, part: env.part });
-        await this.#outcomes.record(env, rcpts, laneInfo);
-        m.ack();
+        await this.#settle(m, env, () => this.#outcomes.record(env, rcpts, laneInfo));
         return;
       }
       const result = await attemptPart(
@@ -467,10 +475,9 @@ export class Delivery implements Component {
         },
       );
       free();
-      // Acks are not confirmed (ack, not ackAck): everything the outcome needs is stored by then,
-      // and a lost ack only means the part comes back after AckWait (at-least-once either way).
-      const d = await this.#outcomes.record(env, result.rcpts, { ...laneInfo, ...(result.mx ? { mx: result.mx } : {}), ...(result.tls !== undefined ? { tls: result.tls } : {}) });
-      m.ack();
+      const d = await this.#settle(m, env, () =>
+        this.#outcomes.record(env, result.rcpts, { ...laneInfo, ...(result.mx ? { mx: result.mx } : {}), ...(result.tls !== undefined ? { tls: result.tls } : {}) }),
+      );
       this.#log.debug("attempt", { qid: env.id, part: env.part, lane: laneId(lane), mx: result.mx, delivered: d.delivered.length, deferred: d.deferred.length, bounced: d.bounced.length + d.expired.length });
     } catch (err) {
       if (err instanceof NoConnectionSlot) {
@@ -489,6 +496,25 @@ export class Delivery implements Component {
     } finally {
       clearInterval(keepalive);
     }
+  }
+
+  /**
+   * Stores an attempt's outcome, then acks its part and waits for the ack to be confirmed; each is
+   * asked again while NATS cannot take it (relay/delivery/settle.ts says why). An outcome still not
+   * stored after AckWait throws: the part goes back to the queue and is tried again.
+   */
+  async #settle<T>(m: JsMsg, env: Envelope, record: () => Promise<T>): Promise<T> {
+    const forMs = this.#ackWaitMs();
+    const out = await retrying(record, {
+      forMs,
+      onRetry: (err, n) => {
+        if (n === 1) this.#log.warn("outcome not stored yet; trying again", { qid: env.id, part: env.part, error: err as Error });
+      },
+    });
+    if (!(await confirmAck(this.#ctx.nc, m, { forMs }))) {
+      this.#log.warn("ack not confirmed; the part may be tried again", { qid: env.id, part: env.part });
+    }
+    return out;
   }
 
   quiesce(): void {

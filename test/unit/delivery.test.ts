@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { buildDsn, dsnStatus, headerBlock } from "../../relay/delivery/dsn.ts";
 import { decideOutcome, wantsDsn } from "../../relay/delivery/outcomes.ts";
+import { retrying } from "../../relay/delivery/settle.ts";
 import { classifyDsn } from "../../relay/classify/index.ts";
 import { mxMatches, parsePolicy, parseStsTxt } from "../../relay/routing/mta-sts.ts";
 import { sourceFromReceived, acceptsRecipient } from "../../relay/inbound/reports.ts";
@@ -99,4 +100,20 @@ test("webhooks: Stripe-style signature, backoff, consumer names", () => {
   assert.match(consumerName("Sender.test", "hook"), /^wh-[A-Za-z0-9]{1,20}$/);
   assert.equal(consumerName("Sender.test", "hook"), consumerName("sender.test", "hook"));
   assert.notEqual(consumerName("sender.test", "a"), consumerName("sender.test", "b"));
+});
+
+test("retrying: tries again with growing waits until the step succeeds, and gives up with its last error after forMs", async () => {
+  let t = 0;
+  const waits: number[] = [];
+  const clock = { now: () => t, sleep: async (ms: number) => { waits.push(ms); t += ms; } };
+  let n = 0;
+  const retried: number[] = [];
+  const ok = await retrying(async () => { if (++n < 5) throw new Error(`no leader ${n}`); return "stored"; }, { forMs: 60_000, onRetry: (_, i) => retried.push(i), ...clock });
+  assert.equal(ok, "stored");
+  assert.deepEqual(waits, [250, 500, 1000, 2000]);
+  assert.deepEqual(retried, [1, 2, 3, 4]);
+  t = 0;
+  waits.length = 0;
+  await assert.rejects(retrying(async () => { throw new Error(`still no leader at ${t}`); }, { forMs: 5000, ...clock }), /still no leader at 3750/);
+  assert.deepEqual(waits, [250, 500, 1000, 2000], "never waits past forMs");
 });
