@@ -156,22 +156,27 @@ export class Outcomes {
     const m = this.#d.metrics;
     const labels = { pool: env.pool, source_ip: lane.source ?? "", provider: lane.provider ?? env.provider ?? "" };
     const events: MailEvent[] = [];
+    // Counted once everything is stored: a record that fails halfway is asked again.
+    const count: (() => void)[] = [];
     if (d.delivered.length) {
       events.push(this.#event(env, "delivered", d.delivered, lane));
-      m.delivered.inc({ ...labels, class: "delivered" }, d.delivered.length);
-      m.latency.observe({ pool: env.pool, provider: labels.provider }, Math.max(0, this.#d.now() - env.acceptedAt) / 1000);
+      const latency = Math.max(0, this.#d.now() - env.acceptedAt) / 1000;
+      count.push(() => {
+        m.delivered.inc({ ...labels, class: "delivered" }, d.delivered.length);
+        m.latency.observe({ pool: env.pool, provider: labels.provider }, latency);
+      });
     }
     for (const g of groupBy(d.bounced, (r) => `${r.class}\0${r.reply}`)) {
       events.push(this.#event(env, "bounced", g, lane));
-      m.bounced.inc({ ...labels, class: g[0]!.class }, g.length);
+      count.push(() => m.bounced.inc({ ...labels, class: g[0]!.class }, g.length));
     }
     for (const g of groupBy(d.expired, (r) => `${r.class}\0${r.reply}`)) {
       events.push(this.#event(env, "expired", g, lane));
-      m.bounced.inc({ ...labels, class: g[0]!.class }, g.length);
+      count.push(() => m.bounced.inc({ ...labels, class: g[0]!.class }, g.length));
     }
     for (const g of groupBy(d.deferred, (r) => `${r.class}\0${r.reply}`)) {
       events.push(this.#event(env, "deferred", g, lane, { retryAt: new Date(d.retryAt!).toISOString() }));
-      m.deferred.inc({ ...labels, class: g[0]!.class }, g.length);
+      count.push(() => m.deferred.inc({ ...labels, class: g[0]!.class }, g.length));
     }
     await Promise.all(events.map((e, i) => publishEvent(this.#d.js, e, `ev:${e.qid}:${e.part}:${e.type}:${e.attempts}:${i}`)));
 
@@ -186,6 +191,7 @@ export class Outcomes {
     ];
     if (failed.length) await this.#dsn(env, failed.map((f) => f.r), failed[0]!.why, lane);
     if (!d.deferred.length) await this.#finished(env);
+    for (const c of count) c();
     return d;
   }
 

@@ -55,7 +55,18 @@ test("an ack confirmed across a consumer leader's death is not lost; a plain one
   const js = jetstream(nc);
   await js.publish("settle.a", "plain");
   await js.publish("settle.b", "confirmed");
-  const [plain, confirmed] = await fetchAll(nc, 2, 5000);
+  // The new consumer's interest reaches the other servers shortly after it is created: until then
+  // a fetch there is answered "no responders".
+  let first: JsMsg[] = [];
+  for (const t0 = Date.now(); !first.length; ) {
+    try {
+      first = await fetchAll(nc, 2, 5000);
+    } catch (err) {
+      if (Date.now() - t0 > 30_000) throw err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  const [plain, confirmed] = first;
   assert.deepEqual([plain?.string(), confirmed?.string()], ["plain", "confirmed"]);
 
   await nats.kill(nats.servers.findIndex((s) => s.name === leader));
