@@ -24,7 +24,7 @@ import type { Component, RelayContext } from "../runtime/context.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { Suppressions } from "../suppression/index.ts";
 import { composeHeader, fieldValue, findFields } from "./compose.ts";
-import { dkimSignatures, Keyring, type SigningKey } from "./dkim.ts";
+import { dkimSignatures, Keyring, signingKeys } from "./dkim.ts";
 import { parseHeaders } from "./mailauth.ts";
 import { normalizeLineEndings, splitMessage } from "./normalize.ts";
 import { messageProblem } from "./syntax.ts";
@@ -292,12 +292,8 @@ export class Acceptor implements Component {
 
     // Keys for every DKIM entry of the domain; a missing key is a temporary failure, not
     // unsigned mail (receivers would reject it or junk it).
-    const keys: SigningKey[] = [];
-    for (const k of dp.dkim) {
-      const key = this.#keyring.get(k.keyName, now);
-      if (!key) throw REPLIES.keyMissing();
-      keys.push({ selector: k.selector, algorithm: k.algorithm, key });
-    }
+    const { keys, missing } = signingKeys(this.#keyring, dp.dkim, now);
+    if (missing) throw REPLIES.keyMissing();
     const unsubscribeKey = dp.listUnsubscribe.mode === "OneClick" ? this.#keyring.secret("unsubscribe.key") : undefined;
     if (dp.listUnsubscribe.mode === "OneClick" && !unsubscribeKey) {
       this.#log.warn("OneClick List-Unsubscribe without unsubscribe.key in the Secret: sending the mailto form only", { domain: dp.domain });

@@ -17,10 +17,14 @@ import { createHash, createPrivateKey, sign as cryptoSign, type KeyObject } from
 import { existsSync, readFileSync, statSync, watch, type FSWatcher } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "../runtime/logger.ts";
+import type { DomainPlan } from "../../api/plan.ts";
 import {
-  defaultDKIMFieldNames, formatSignatureHeaderLine, generateCanonicalizedHeader, getSigningHeaderLines,
+  defaultDKIMFieldNames, formatSignatureHeaderLine, generateCanonicalizedHeader, getSigningHeaderLines, parseHeaders,
   type ParsedHeaders,
 } from "./mailauth.ts";
+import { splitMessage } from "./normalize.ts";
+
+type DkimKeyPlan = DomainPlan["dkim"][number];
 
 /** Signed fields: mailauth's default list plus what bulk senders add (RFC 8058 needs the
  * List-Unsubscribe-Post field signed, Gmail wants Feedback-ID signed). */
@@ -92,6 +96,24 @@ export async function dkimSignatures(parsed: ParsedHeaders, body: Buffer, domain
     return formatSignatureHeaderLine("DKIM", { ...dkimHeaderOpts, b: sig.toString("base64") }, true) + "\r\n";
   }));
   return out.join("");
+}
+
+/** A whole CRLF message signed: its DKIM-Signature fields put in front (for messages the relay writes itself, DSNs). */
+export async function signMessage(raw: Buffer, domain: string, keys: SigningKey[], nowMs: number): Promise<Buffer> {
+  const { header, body } = splitMessage(raw);
+  const sigs = await dkimSignatures(parseHeaders(header), body, domain, keys, nowMs);
+  return Buffer.concat([Buffer.from(sigs, "latin1"), raw]);
+}
+
+/** The keys a domain's plan names, read from the keyring; `missing` names a key file that is not there. */
+export function signingKeys(keyring: Keyring, dkim: DkimKeyPlan[], nowMs: number): { keys: SigningKey[]; missing?: string } {
+  const keys: SigningKey[] = [];
+  for (const k of dkim) {
+    const key = keyring.get(k.keyName, nowMs);
+    if (!key) return { keys, missing: k.keyName };
+    keys.push({ selector: k.selector, algorithm: k.algorithm, key });
+  }
+  return { keys };
 }
 
 /**

@@ -94,6 +94,11 @@ export interface OutcomeDeps {
   now: () => number;
   /** Host name for Reporting-MTA in DSNs. */
   reportingMta: string;
+  /**
+   * DKIM-signs a DSN with the sending domain's keys (the relay's keyring). A DSN that cannot be
+   * signed (a key file missing) goes out unsigned: the sender learning of the failure comes first.
+   */
+  sign?: (raw: Buffer, domain: DomainPlan) => Promise<Buffer>;
   random?: () => number;
 }
 
@@ -267,7 +272,7 @@ export class Outcomes {
       ...(lane.mx ? { remoteMta: lane.mx } : {}),
       lastAttempt: now,
     }));
-    const raw = buildDsn({
+    const built = buildDsn({
       reportingMta: this.#d.reportingMta,
       returnPathDomain: domain.returnPathDomain,
       to: env.mailFrom,
@@ -280,6 +285,14 @@ export class Outcomes {
       now,
       reason,
     });
+    let raw = built;
+    if (this.#d.sign && domain.dkim.length) {
+      try {
+        raw = await this.#d.sign(built, domain);
+      } catch (err) {
+        this.#d.log.warn("DSN sent unsigned: cannot DKIM-sign it", { qid: env.id, domain: domain.domain, error: err as Error });
+      }
+    }
     // A deterministic queue id: the same failure reported twice (a repeat after a crash) is one DSN.
     const seed = createHash("sha256").update(`dsn\0${env.id}\0${env.part}\0${env.attempts}\0${rcpts.map((r) => r.rcpt).join(",")}`).digest();
     const qid = newQueueId(seed.subarray(0, 13));

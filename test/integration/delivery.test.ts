@@ -56,6 +56,7 @@ let delivery: Delivery;
 let plan: Plan;
 
 const dkimKey = generateKeyPairSync("rsa", { modulusLength: 2048 });
+const DKIM_KEY_FILE = "dkim-sender.test-s1.key";
 
 const records: DnsRecord[] = [
   // Two company domains on one provider's MX suffix (MX rollup), and the provider's own domain.
@@ -100,6 +101,8 @@ const baseSpec: PlanSpec = {
   ],
   addresses: [OUT1, OUT2],
   delivery: { retryBaseMs: 1000, retryMaxMs: 3000 },
+  // The relay signs the DSNs it writes with the domain's key (a file in its Secret, written below).
+  domains: [{ domain: "sender.test", dkim: [{ selector: "s1", algorithm: "rsa-sha256", keyName: DKIM_KEY_FILE }] }],
 };
 
 async function applyPlan(spec: PlanSpec): Promise<void> {
@@ -179,6 +182,7 @@ before(async () => {
   const secrets = join(base, "secrets");
   await mkdir(secrets, { recursive: true });
   await writeFile(join(secrets, "webhook.sender.test.hook"), `${HOOK_SECRET}\n`);
+  await writeFile(join(secrets, DKIM_KEY_FILE), dkimKey.privateKey.export({ type: "pkcs8", format: "pem" }) as string, { mode: 0o600 });
 
   const config = loadRelayConfig({
     MAILFLEET_SECRETS_DIR: secrets,
@@ -249,6 +253,10 @@ describe("routing", () => {
     assert.equal(parsed[0]!.recipient, "x@nullmx.test");
     assert.equal(parsed[0]!.class, "bad-domain");
     assert.match(dsn.raw.toString(), /^From: Mail Delivery System <MAILER-DAEMON@bounces\.sender\.test>/m);
+    // Signed by the route step with the sending domain's key, as a receiver checking the bounce sees it.
+    const v = await verifyDkim(dsn.raw, dns.server);
+    assert.ok(v.ok, `DSN DKIM: ${JSON.stringify(v)}`);
+    assert.deepEqual(v.signatures.map((x) => [x.d, x.s, x.ok]), [["sender.test", "s1", true]]);
     assert.equal((await suppressions().check("sender.test", "x@nullmx.test"))?.scope, "global");
   });
 
@@ -312,6 +320,7 @@ describe("outcomes", () => {
     assert.equal(parsed[0]!.recipient, "unknown-1@acme.test");
     assert.equal(parsed[0]!.class, "invalid-recipient");
     assert.match(dsn.raw.toString(), /Subject: test /, "the DSN carries the original headers");
+    assert.deepEqual((await verifyDkim(dsn.raw, dns.server)).signatures.map((x) => [x.d, x.s, x.ok]), [["sender.test", "s1", true]], "signed by delivery");
     const hit = await until("suppressed", () => suppressions().check("other-sender.test", "unknown-1@acme.test"), 30_000);
     assert.equal(hit.scope, "global", "a hard bounce is suppressed for every sending domain");
     assert.equal(hit.reason, "hard-bounce");
