@@ -1,6 +1,6 @@
-// The per-relay lane limiter: every limit of the plan enforced in this process's memory. Exact for
-// a lane whose address only this relay sends from (HostNetwork egress: an address belongs to one
-// node), and the stand-in until the fleet-wide shaper (issue 4) shares limits over NATS. It uses
+// The per-relay lane limiter: every limit of the plan enforced in this process's memory (lane,
+// provider-wide and address-wide). Exact for a lane whose address only this relay sends from
+// (HostNetwork egress: an address belongs to one node); MAILFLEET_SHAPER=local. It uses
 // the shaper's slot arithmetic (relay/shaper/slots.ts: GCRA send slots and warm-up quota windows),
 // so both count the same way.
 import type { LanePlan, Plan, PoolPlan, ProviderPlan } from "../../api/plan.ts";
@@ -40,6 +40,18 @@ interface ProviderState {
   adj?: Adjustment;
 }
 
+/** A source address's own limits (IPPool spec.addresses[].limits), over every lane on it. */
+interface AddressState {
+  slots: SlotState;
+  open: number;
+}
+
+/** A limit over several lanes (a provider's, an address's): its state and its rate, when it has one. */
+interface GroupLimit {
+  state: { slots: SlotState };
+  limit: SlotLimit;
+}
+
 export class LocalLaneLimiter implements LaneLimiter {
   #now: () => number;
   #horizon: number;
@@ -49,6 +61,7 @@ export class LocalLaneLimiter implements LaneLimiter {
   #providers = new Map<string, ProviderPlan>();
   #laneState = new Map<string, LaneState>();
   #providerState = new Map<string, ProviderState>();
+  #addressState = new Map<string, AddressState>();
 
   constructor(opts: LocalLimiterOptions = {}) {
     this.#now = opts.now ?? Date.now;
@@ -85,6 +98,29 @@ export class LocalLaneLimiter implements LaneLimiter {
     return s;
   }
 
+  #addr(lane: LaneRef): AddressState {
+    let s = this.#addressState.get(lane.address);
+    if (!s) {
+      s = { slots: { tat: 0 }, open: 0 };
+      this.#addressState.set(lane.address, s);
+    }
+    return s;
+  }
+
+  #addressLimits(lane: LaneRef) {
+    return this.#pools.get(lane.pool)?.addresses.find((a) => a.address === lane.address)?.limits;
+  }
+
+  /** The provider-wide and address-wide rates that apply to the lane (a rule's factor slows them too). */
+  #groups(lane: LaneRef, factor: number): GroupLimit[] {
+    const out: GroupLimit[] = [];
+    const provider = this.#providers.get(lane.provider);
+    if (provider?.limits.messageRate) out.push({ state: this.#prov(lane), limit: this.#groupLimit(provider.limits.messageRate, factor) });
+    const a = this.#addressLimits(lane);
+    if (a?.messageRate) out.push({ state: this.#addr(lane), limit: this.#groupLimit(a.messageRate, factor) });
+    return out;
+  }
+
   #limit(lane: LaneRef, plan: LanePlan, factor: number): SlotLimit {
     const warm = this.#pools.get(lane.pool)?.warmup;
     return {
@@ -98,9 +134,8 @@ export class LocalLaneLimiter implements LaneLimiter {
     };
   }
 
-  #providerLimit(p: ProviderPlan, factor: number): SlotLimit | undefined {
-    if (!p.limits.messageRate) return undefined;
-    return { rate: p.limits.messageRate, factor, daily: null, hourly: null, dayMs: DAY_MS, dayZero: 0 };
+  #groupLimit(rate: SlotLimit["rate"], factor: number): SlotLimit {
+    return { rate, factor, daily: null, hourly: null, dayMs: DAY_MS, dayZero: 0 };
   }
 
   /** Rule state of the lane and of its provider, combined. */
@@ -164,29 +199,34 @@ export class LocalLaneLimiter implements LaneLimiter {
     if (!v.sendable || n <= 0) return { slots: [], retryAt: v.until ?? now + 5000 };
     const plan = this.#lanes.get(laneId(lane))!;
     const ls = this.#lane(lane);
-    const ps = this.#prov(lane);
-    const provider = this.#providers.get(lane.provider);
-    const pLimit = provider ? this.#providerLimit(provider, v.factor) : undefined;
+    // The wider limits first (provider, address), then the lane's own: each grants at most what the
+    // one before did, and a message's slot is the latest of its slots in each.
+    const groups = this.#groups(lane, v.factor);
+    const reserved: number[][] = [];
     let want = n;
-    let pSlots: number[] | undefined;
     let retryAt = now + this.#horizon;
-    if (pLimit) {
-      const r = reserve(ps.slots, pLimit, want, now, this.#horizon);
-      ps.slots = r.next;
-      pSlots = r.slots;
+    for (const g of groups) {
+      const r = reserve(g.state.slots, g.limit, want, now, this.#horizon);
+      g.state.slots = r.next;
+      reserved.push(r.slots);
       want = r.slots.length;
       retryAt = Math.max(retryAt, r.retryAt);
-      if (!want) return { slots: [], retryAt: r.retryAt };
+      if (!want) break;
     }
     const limit = this.#limit(lane, plan, v.factor);
-    const r = reserve(ls.slots, limit, want, now, this.#horizon);
-    ls.slots = r.next;
-    let slots = r.slots;
-    if (pSlots) {
-      slots = slots.map((t, i) => Math.max(t, pSlots![i]!));
-      if (pSlots.length > slots.length) ps.slots = this.#rewind(ps.slots, pLimit!, pSlots.slice(slots.length));
+    let slots: number[] = [];
+    let laneRetry = retryAt;
+    if (want) {
+      const r = reserve(ls.slots, limit, want, now, this.#horizon);
+      ls.slots = r.next;
+      slots = r.slots.map((t, i) => Math.max(t, ...reserved.map((g) => g[i]!)));
+      laneRetry = r.retryAt;
     }
-    return { slots, retryAt: slots.length ? Math.max(now, r.retryAt) : Math.max(r.retryAt, retryAt), graceMs: Math.max(50, graceFor(limit)) };
+    // What a wider limit granted beyond the final count goes back to it.
+    reserved.forEach((g, i) => {
+      if (g.length > slots.length) groups[i]!.state.slots = this.#rewind(groups[i]!.state.slots, groups[i]!.limit, g.slice(slots.length));
+    });
+    return { slots, retryAt: slots.length ? Math.max(now, laneRetry) : Math.max(laneRetry, retryAt), graceMs: Math.max(50, graceFor(limit)) };
   }
 
   /** Returns unused slots to the quota windows and, when they are the chain's tail, to the rate. */
@@ -222,6 +262,9 @@ export class LocalLaneLimiter implements LaneLimiter {
     if (ls.open >= v.maxConnections) return { retryAt: now + 250 };
     const pMax = provider?.limits.maxConnections ?? null;
     if (pMax !== null && ps.open >= pMax) return { retryAt: now + 250 };
+    const as = this.#addr(lane);
+    const aMax = this.#addressLimits(lane)?.maxConnections ?? null;
+    if (aMax !== null && as.open >= aMax) return { retryAt: now + 250 };
     if (plan.shape.connectionRate) {
       const limit: SlotLimit = { rate: plan.shape.connectionRate, factor: 1, daily: null, hourly: null, dayMs: DAY_MS, dayZero: 0 };
       const r = reserve(ls.connSlots, limit, 1, now, 1);
@@ -230,6 +273,7 @@ export class LocalLaneLimiter implements LaneLimiter {
     }
     ls.open++;
     ps.open++;
+    as.open++;
     let released = false;
     return {
       lane,
@@ -238,6 +282,7 @@ export class LocalLaneLimiter implements LaneLimiter {
         released = true;
         ls.open--;
         ps.open--;
+        as.open--;
       },
     };
   }

@@ -160,6 +160,26 @@ test("provider-wide message rate applies across lanes", async () => {
   assert.ok("retryAt" in (await l.connect(lane)), "provider connection cap");
 });
 
+test("address-wide limits (IPPool spec.addresses[].limits) apply across the address's lanes, the tightest winning", async () => {
+  const p = plan();
+  const pool = p.pools[0]!;
+  p.providers.push({ ...p.providers[0]!, name: "yahoo" });
+  pool.lanes.push({ ...pool.lanes[0]!, provider: "yahoo" });
+  pool.addresses[0]!.limits = { messageRate: { count: 1, periodMs: 2000 }, maxConnections: 2 };
+  const l = new LocalLaneLimiter({ now: () => 0, horizonMs: 10_000 });
+  l.setPlan(p);
+  const yahoo: LaneRef = { ...lane, provider: "yahoo" };
+  // Each lane alone may send one a second; the address one every 2 s over both.
+  const a = await l.acquire(lane, 3);
+  const b = await l.acquire(yahoo, 3);
+  assert.deepEqual([a.slots, b.slots], [[0, 2000, 4000], [6000, 8000]]);
+  const leases = [await l.connect(lane), await l.connect(yahoo)];
+  assert.ok(leases.every((c) => "release" in c));
+  assert.ok("retryAt" in (await l.connect(lane)), "the address's connection cap, over both lanes (each lane allows 3)");
+  (leases[1] as ConnectionLease).release();
+  assert.ok("release" in (await l.connect(lane)), "a released connection frees the address's cap");
+});
+
 test("release: only the chain's tail is handed out again; slots from the middle are lost", async () => {
   const now = 0;
   const l = new LocalLaneLimiter({ now: () => now, horizonMs: 5000 });
