@@ -17,8 +17,9 @@ const usage = `usage: mailfleet status [POOL] [--all-lanes] [common options]
 
   Pools (relays ready/desired, lanes by state), the lanes that are not Healthy (--all-lanes: every
   lane) with the rule or reason and until when, and the queue per pool and provider: messages,
-  waiting (not yet fetched by a relay), in flight, the oldest message's age, deferred parts waiting
-  for their retry, and held mail.
+  waiting (not yet fetched by a relay), in flight (fetched and not yet acked, or handed back by a
+  relay that could not send it and not yet fetched again), the oldest message's age, deferred parts
+  waiting for their retry, and held mail.
 
   Lane states come from the plan the relays enforce (manual suspensions, reputation pauses), the
   shaper's response rules in force now, and IPPool status. SOURCE says which. Sending domains
