@@ -6,6 +6,7 @@ import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Counter, Registry, collectDefaultMetrics } from "prom-client";
 import { loadRelayConfig, type RelayConfig } from "./config.ts";
 import { Acceptor } from "./accept/acceptor.ts";
+import { Keyring } from "./accept/dkim.ts";
 import { HttpServer } from "./http/server.ts";
 import { PlanHolder, PlanWatcher } from "./plan/watcher.ts";
 import { SubmissionServer } from "./submission/server.ts";
@@ -70,8 +71,9 @@ export async function startRelay(opts: { config?: RelayConfig; log?: Logger; clo
 
   const planHolder = new PlanHolder(config.MAILFLEET_POOL, log.child("plan"), planErrors);
   let draining = false;
+  const keyring = new Keyring(config.MAILFLEET_SECRETS_DIR, log.child("keyring"));
   const ctx: RelayContext = {
-    config, log, registry, clock, nc, js, jsm, features,
+    config, log, registry, clock, nc, js, jsm, features, keyring,
     suppressKv: stores.suppressKv,
     large: stores.large,
     maxPayload: nc.info?.max_payload ?? 1024 * 1024,
@@ -108,6 +110,7 @@ export async function startRelay(opts: { config?: RelayConfig; log?: Logger; clo
     }
   } catch (e) {
     await stopAll();
+    keyring.close();
     await nc.close();
     throw e;
   }
@@ -124,6 +127,7 @@ export async function startRelay(opts: { config?: RelayConfig; log?: Logger; clo
       }));
       // Phase 2: stop in reverse order (listeners first, then what they feed).
       await stopAll();
+      keyring.close();
       try { await nc.drain(); } catch { await nc.close().catch(() => {}); }
       log.info("relay stopped", { reason });
     })();

@@ -24,7 +24,7 @@ import type { Component, RelayContext } from "../runtime/context.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { Suppressions } from "../suppression/index.ts";
 import { composeHeader, fieldValue, findFields } from "./compose.ts";
-import { dkimSignatures, Keyring, signingKeys } from "./dkim.ts";
+import { dkimSignatures, signingKeys } from "./dkim.ts";
 import { parseHeaders } from "./mailauth.ts";
 import { normalizeLineEndings, splitMessage } from "./normalize.ts";
 import { messageProblem } from "./syntax.ts";
@@ -124,7 +124,6 @@ export class Acceptor implements Component {
   readonly name = "accept";
   #ctx!: RelayContext;
   #log!: Logger;
-  #keyring!: Keyring;
   #publisher!: Publisher;
   suppressions!: Suppressions;
   #rate = new RateLimiter();
@@ -141,7 +140,6 @@ export class Acceptor implements Component {
   async start(ctx: RelayContext): Promise<void> {
     this.#ctx = ctx;
     this.#log = ctx.log.child("accept");
-    this.#keyring = new Keyring(ctx.config.MAILFLEET_SECRETS_DIR, this.#log);
     this.auth = new Authenticator(() => ctx.clock.now());
     const atomic = atomicStreams({ replicas: ctx.config.MAILFLEET_STREAM_REPLICAS, features: ctx.features });
     this.#publisher = new Publisher(ctx.nc, ctx.js, (stream) => ({ atomic: atomic.has(stream) }), ctx.registry);
@@ -168,7 +166,6 @@ export class Acceptor implements Component {
     const deadline = Date.now() + 10_000;
     while (this.#inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     await this.#flushEvents();
-    this.#keyring.close();
   }
 
   /** Counts a refusal (SMTP and HTTP report theirs here too). */
@@ -223,7 +220,7 @@ export class Acceptor implements Component {
 
   /** Unsubscribe token keys (current first), from the pool's Secret. */
   unsubscribeKeys(): Buffer[] {
-    return ["unsubscribe.key", "unsubscribe.previous.key"].map((n) => this.#keyring.secret(n)).filter((k): k is Buffer => Boolean(k));
+    return ["unsubscribe.key", "unsubscribe.previous.key"].map((n) => this.#ctx.keyring.secret(n)).filter((k): k is Buffer => Boolean(k));
   }
 
   maxSize(): number {
@@ -292,9 +289,9 @@ export class Acceptor implements Component {
 
     // Keys for every DKIM entry of the domain; a missing key is a temporary failure, not
     // unsigned mail (receivers would reject it or junk it).
-    const { keys, missing } = signingKeys(this.#keyring, dp.dkim, now);
+    const { keys, missing } = signingKeys(this.#ctx.keyring, dp.dkim, now);
     if (missing) throw REPLIES.keyMissing();
-    const unsubscribeKey = dp.listUnsubscribe.mode === "OneClick" ? this.#keyring.secret("unsubscribe.key") : undefined;
+    const unsubscribeKey = dp.listUnsubscribe.mode === "OneClick" ? this.#ctx.keyring.secret("unsubscribe.key") : undefined;
     if (dp.listUnsubscribe.mode === "OneClick" && !unsubscribeKey) {
       this.#log.warn("OneClick List-Unsubscribe without unsubscribe.key in the Secret: sending the mailto form only", { domain: dp.domain });
     }

@@ -105,6 +105,20 @@ export async function signMessage(raw: Buffer, domain: string, keys: SigningKey[
   return Buffer.concat([Buffer.from(sigs, "latin1"), raw]);
 }
 
+/**
+ * Signs messages the relay writes itself (DSNs) with the sending domain's keys, as Postfix with
+ * OpenDKIM signs its bounces: receivers judge an unsigned bounce like any unsigned mail. Throws,
+ * naming the file, when a key the plan lists is not in the Secret.
+ */
+export function domainSigner(keyring: Keyring, now: () => number): (raw: Buffer, domain: DomainPlan) => Promise<Buffer> {
+  return async (raw, domain) => {
+    const t = now();
+    const { keys, missing } = signingKeys(keyring, domain.dkim, t);
+    if (missing) throw new Error(`DKIM key ${missing} is not in the relay's Secret`);
+    return signMessage(raw, domain.domain, keys, t);
+  };
+}
+
 /** The keys a domain's plan names, read from the keyring; `missing` names a key file that is not there. */
 export function signingKeys(keyring: Keyring, dkim: DkimKeyPlan[], nowMs: number): { keys: SigningKey[]; missing?: string } {
   const keys: SigningKey[] = [];

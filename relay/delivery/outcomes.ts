@@ -160,28 +160,13 @@ export class Outcomes {
     const d = decideOutcome(env, results, this.#d.now(), this.#policy(), this.#d.random);
     const m = this.#d.metrics;
     const labels = { pool: env.pool, source_ip: lane.source ?? "", provider: lane.provider ?? env.provider ?? "" };
+    const latency = Math.max(0, this.#d.now() - env.acceptedAt) / 1000;
     const events: MailEvent[] = [];
-    // Counted once everything is stored: a record that fails halfway is asked again.
-    const count: (() => void)[] = [];
-    if (d.delivered.length) {
-      events.push(this.#event(env, "delivered", d.delivered, lane));
-      const latency = Math.max(0, this.#d.now() - env.acceptedAt) / 1000;
-      count.push(() => {
-        m.delivered.inc({ ...labels, class: "delivered" }, d.delivered.length);
-        m.latency.observe({ pool: env.pool, provider: labels.provider }, latency);
-      });
-    }
-    for (const g of groupBy(d.bounced, (r) => `${r.class}\0${r.reply}`)) {
-      events.push(this.#event(env, "bounced", g, lane));
-      count.push(() => m.bounced.inc({ ...labels, class: g[0]!.class }, g.length));
-    }
-    for (const g of groupBy(d.expired, (r) => `${r.class}\0${r.reply}`)) {
-      events.push(this.#event(env, "expired", g, lane));
-      count.push(() => m.bounced.inc({ ...labels, class: g[0]!.class }, g.length));
-    }
+    if (d.delivered.length) events.push(this.#event(env, "delivered", d.delivered, lane));
+    for (const g of groupBy(d.bounced, (r) => `${r.class}\0${r.reply}`)) events.push(this.#event(env, "bounced", g, lane));
+    for (const g of groupBy(d.expired, (r) => `${r.class}\0${r.reply}`)) events.push(this.#event(env, "expired", g, lane));
     for (const g of groupBy(d.deferred, (r) => `${r.class}\0${r.reply}`)) {
       events.push(this.#event(env, "deferred", g, lane, { retryAt: new Date(d.retryAt!).toISOString() }));
-      count.push(() => m.deferred.inc({ ...labels, class: g[0]!.class }, g.length));
     }
     await Promise.all(events.map((e, i) => publishEvent(this.#d.js, e, `ev:${e.qid}:${e.part}:${e.type}:${e.attempts}:${i}`)));
 
@@ -196,7 +181,13 @@ export class Outcomes {
     ];
     if (failed.length) await this.#dsn(env, failed.map((f) => f.r), failed[0]!.why, lane);
     if (!d.deferred.length) await this.#finished(env);
-    for (const c of count) c();
+    // Counted once everything is stored: a record that fails halfway is asked again.
+    if (d.delivered.length) {
+      m.delivered.inc({ ...labels, class: "delivered" }, d.delivered.length);
+      m.latency.observe({ pool: env.pool, provider: labels.provider }, latency);
+    }
+    for (const r of [...d.bounced, ...d.expired]) m.bounced.inc({ ...labels, class: r.class });
+    for (const r of d.deferred) m.deferred.inc({ ...labels, class: r.class });
     return d;
   }
 

@@ -31,7 +31,7 @@ import { suppressorFor } from "./suppress.ts";
 import { moveToOverflow } from "./overflow.ts";
 import { holdPart, holdUntil, pauseOf } from "./paused.ts";
 import { confirmAck, retrying } from "./settle.ts";
-import { dsnSigner, type DsnSigner } from "./dsn-sign.ts";
+import { domainSigner } from "../accept/dkim.ts";
 
 export interface DeliveryOptions {
   /** The lane limiter (default: per relay, relay/shaper/local.ts). */
@@ -122,7 +122,6 @@ export class Delivery implements Component {
   #sessions!: SessionPool;
   #bodies!: BodyStore;
   #outcomes!: Outcomes;
-  #signer!: DsnSigner;
   #loops = new Map<string, ProviderLoop>();
   /** Since when every lane of the pool has been quota-held, per provider (overflow waits for it to settle). */
   readonly #quotaHeldSince = new Map<string, number>();
@@ -169,7 +168,6 @@ export class Delivery implements Component {
       onOpen: (lane, open) => this.#metrics.connections.set({ pool: lane.pool, source_ip: lane.address, provider: lane.provider }, open),
     });
     this.#bodies = new BodyStore(ctx.jsm, ctx.large);
-    this.#signer = dsnSigner(ctx.config.MAILFLEET_SECRETS_DIR, this.#log, () => ctx.clock.now());
     const suppressor = typeof this.#o.suppressor === "function" ? this.#o.suppressor(ctx) : (this.#o.suppressor ?? suppressorFor(ctx));
     this.#outcomes = new Outcomes({
       js: ctx.js,
@@ -181,7 +179,7 @@ export class Delivery implements Component {
       log: this.#log,
       now: () => ctx.clock.now(),
       reportingMta: hostname(),
-      sign: (raw, domain) => this.#signer.sign(raw, domain),
+      sign: domainSigner(ctx.keyring, () => ctx.clock.now()),
     });
     if (!ctx.features.msgSchedules) {
       this.#log.error("nats-server has no message schedules (needs 2.12 or newer): deferred mail cannot be rescheduled", { version: ctx.features.version });
@@ -536,7 +534,6 @@ export class Delivery implements Component {
     await Promise.allSettled([...this.#loops.values()].map((l) => l.done));
     await Promise.allSettled([...this.#inflight]);
     this.#sessions?.closeAll();
-    this.#signer?.close();
     await this.#limiter?.close();
   }
 }

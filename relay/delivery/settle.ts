@@ -16,15 +16,13 @@ const realSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.ma
 export interface RetryOptions {
   /** Give up (throw the last error) once this long has passed since the first try. */
   forMs: number;
-  /** Waits between tries: 250 ms, doubling, at most this. Default 2000. */
-  maxDelayMs?: number;
   /** Called after each failed try that will be tried again (n = 1 for the first). */
   onRetry?: (err: unknown, n: number) => void;
   now?: () => number;
   sleep?: (ms: number) => Promise<void>;
 }
 
-/** Runs `step` until it resolves, waiting between tries, for at most `forMs`; then throws its last error. */
+/** Runs `step` until it resolves, waiting 250 ms between tries, doubling to 2 s, for at most `forMs`; then throws its last error. */
 export async function retrying<T>(step: () => Promise<T>, o: RetryOptions): Promise<T> {
   const now = o.now ?? Date.now;
   const sleep = o.sleep ?? realSleep;
@@ -37,7 +35,7 @@ export async function retrying<T>(step: () => Promise<T>, o: RetryOptions): Prom
       if (now() - start + delay > o.forMs) throw err;
       o.onRetry?.(err, n);
       await sleep(delay);
-      delay = Math.min(o.maxDelayMs ?? 2000, delay * 2);
+      delay = Math.min(2000, delay * 2);
     }
   }
 }
@@ -47,7 +45,7 @@ export async function retrying<T>(step: () => Promise<T>, o: RetryOptions): Prom
  * most `timeoutMs` for the answer) for at most `forMs`. False when it never confirmed: the part
  * may then come back after AckWait.
  */
-export async function confirmAck(nc: NatsConnection, m: JsMsg, o: { forMs: number; timeoutMs?: number; now?: () => number; sleep?: (ms: number) => Promise<void> }): Promise<boolean> {
+export async function confirmAck(nc: NatsConnection, m: JsMsg, o: { forMs: number; timeoutMs?: number }): Promise<boolean> {
   const timeout = o.timeoutMs ?? 2000;
   // The JsMsg interface does not declare the reply subject; its implementation has it.
   const reply = (m as JsMsg & { reply?: string }).reply;
@@ -56,7 +54,7 @@ export async function confirmAck(nc: NatsConnection, m: JsMsg, o: { forMs: numbe
     if (!(await m.ackAck({ timeout })) && reply) await nc.request(reply, ACK, { timeout });
   };
   try {
-    await retrying(ask, { forMs: o.forMs, ...(o.now ? { now: o.now } : {}), ...(o.sleep ? { sleep: o.sleep } : {}) });
+    await retrying(ask, { forMs: o.forMs });
     return true;
   } catch {
     return false;

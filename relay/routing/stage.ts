@@ -13,7 +13,7 @@ import { Outcomes, type Suppressor } from "../delivery/outcomes.ts";
 import { BodyStore } from "../delivery/body.ts";
 import { deliveryMetrics, type DeliveryMetrics } from "../delivery/metrics.ts";
 import { suppressorFor } from "../delivery/suppress.ts";
-import { dsnSigner, type DsnSigner } from "../delivery/dsn-sign.ts";
+import { domainSigner } from "../accept/dkim.ts";
 import { routerFor, type Router } from "./router.ts";
 import { hostname } from "node:os";
 
@@ -33,7 +33,6 @@ export class RouteStage implements Component {
   #log!: Logger;
   #router!: Router;
   #outcomes!: Outcomes;
-  #signer!: DsnSigner;
   #metrics!: DeliveryMetrics;
   #consumer?: Consumer;
   #stopped = false;
@@ -53,7 +52,6 @@ export class RouteStage implements Component {
     this.#metrics = deliveryMetrics(ctx.registry);
     const pool = ctx.config.MAILFLEET_POOL;
     const suppressor = typeof this.#o.suppressor === "function" ? this.#o.suppressor(ctx) : (this.#o.suppressor ?? suppressorFor(ctx));
-    this.#signer = dsnSigner(ctx.config.MAILFLEET_SECRETS_DIR, this.#log, () => ctx.clock.now());
     this.#outcomes = new Outcomes({
       js: ctx.js,
       bodies: new BodyStore(ctx.jsm, ctx.large),
@@ -64,7 +62,7 @@ export class RouteStage implements Component {
       log: this.#log,
       now: () => ctx.clock.now(),
       reportingMta: hostname(),
-      sign: (raw, domain) => this.#signer.sign(raw, domain),
+      sign: domainSigner(ctx.keyring, () => ctx.clock.now()),
     });
     // A JetStream API request can time out while a fresh cluster elects the consumer's leader
     // (3 relays starting at once on 3 new servers): retry for a while before the relay gives up.
@@ -159,7 +157,6 @@ export class RouteStage implements Component {
     this.quiesce();
     await this.#loop;
     await Promise.allSettled([...this.#inflight]);
-    this.#signer?.close();
   }
 }
 

@@ -11,6 +11,7 @@ import type { PlanHolder } from "../plan/watcher.ts";
 import type { PlanIndex } from "../plan/index.ts";
 import type { ServerFeatures } from "../queue/streams.ts";
 import type { Logger } from "./logger.ts";
+import type { Keyring } from "../accept/dkim.ts";
 
 export interface Clock {
   now(): number;
@@ -31,6 +32,8 @@ export interface RelayContext {
   large: ObjectStore;
   /** What the connected server supports (atomic batches, per-message TTL, schedules). */
   features: ServerFeatures;
+  /** The pool's mounted Secret (DKIM keys, unsubscribe keys): one per relay, for every component that signs. */
+  keyring: Keyring;
   /** Largest message the server takes (its max_payload), for the body-or-object decision. */
   maxPayload: number;
   planHolder: PlanHolder;
