@@ -14,7 +14,9 @@
 //     minimum data rate (never beyond one command timeout ahead); a TLS handshake must end within
 //     the command timeout. A late client gets 421 4.4.2 and is disconnected.
 //   - AUTH before STARTTLS: 538 5.7.11 (RFC 4954: encryption required) instead of smtp-server's
-//     500 for a command that is not offered.
+//     500 for a command that is not offered; AUTH inside a mail transaction: 503 5.5.1 (RFC 4954
+//     section 4), which smtp-server lets through, so a MAIL accepted for one identity (a trusted
+//     network) cannot carry a message sent as another.
 //   - The 100 ms early-talker pause before the greeting is optional (relay/README.md).
 import { createRequire } from "node:module";
 import { Counter, type Registry } from "prom-client";
@@ -28,6 +30,7 @@ const require = createRequire(import.meta.url);
 interface Conn {
   remoteAddress: string;
   secure: boolean;
+  session: { envelope?: { mailFrom?: unknown } };
   name: string;
   _ready: boolean;
   _closing: boolean;
@@ -113,7 +116,7 @@ export interface GuardOptions {
   /** smtp-server's 100 ms pause before the greeting (it answers clients that talk first 421). */
   earlyTalkerDelay: boolean;
   log: Logger;
-  /** AUTH is offered only after STARTTLS: answer it 538 5.7.11 before. */
+  /** AUTH is offered only after STARTTLS (538 5.7.11 before) and outside mail transactions (503 5.5.1). */
   authAfterTls?: boolean;
   onEvent?: (e: GuardEvent, ip: string) => void;
 }
@@ -239,6 +242,11 @@ export function guardConnections(server: SMTPServer, o: GuardOptions): Connectio
         if (!this.secure && this._ready && !this._upgrading && !this._closing && /^AUTH(?:[ \t]|$)/i.test(String(command ?? ""))) {
           o.onEvent?.("auth-before-tls", ip);
           this.send(538, "5.7.11 Encryption required for requested authentication mechanism: issue STARTTLS first", false);
+          setImmediate(() => this._whenWritable(callback ?? (() => false)));
+          return;
+        }
+        if (this._ready && !this._closing && this.session.envelope?.mailFrom && /^AUTH(?:[ \t]|$)/i.test(String(command ?? ""))) {
+          this.send(503, "5.5.1 AUTH not permitted during a mail transaction: RSET first", false);
           setImmediate(() => this._whenWritable(callback ?? (() => false)));
           return;
         }

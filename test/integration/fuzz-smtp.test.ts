@@ -6,6 +6,7 @@
 //     an enhanced code of the same class) with a code valid for the command it answers;
 //   - the relay never crashes and never hangs (every reply comes, a new client is served after
 //     each session), and answers nothing it was not asked;
+//   - AUTH succeeds only over TLS and outside a mail transaction;
 //   - nothing is accepted from a client that may not send: MAIL is 250 only for a trusted or
 //     authenticated client and one of its domains, and a message whose header names a From
 //     domain the client may not use is never 250;
@@ -320,7 +321,10 @@ async function runSession(port: number, ca: string, s: Session): Promise<Outcome
         if (state.closed || state.user || !state.tls) continue;
         c.write(`AUTH PLAIN ${Buffer.from(`\0${step.user}\0${PASSWORD}`).toString("base64")}\r\n`);
         const r = await reply("AUTH (right password)", "AUTH");
-        if (r.code === 235) state.user = step.user;
+        if (r.code === 235) {
+          assert.ok(!state.mailOk, "AUTH succeeded inside a mail transaction (RFC 4954: 503)");
+          state.user = step.user;
+        }
       } else if (step.kind === "data") {
         await data(step.message);
       } else if (step.kind === "starttls") {
@@ -342,6 +346,7 @@ async function runSession(port: number, ca: string, s: Session): Promise<Outcome
         }
         if (r.code === 235) {
           assert.ok(state.tls, "AUTH succeeded without TLS");
+          assert.ok(!state.mailOk, "AUTH succeeded inside a mail transaction (RFC 4954: 503)");
           assert.ok(step.pass === PASSWORD && (step.user === "app" || step.user === "app2"), `AUTH succeeded for ${step.user}/${step.pass}`);
           state.user = step.user as "app" | "app2";
         }

@@ -105,6 +105,22 @@ test("SMTP submission", { timeout: 600_000 }, async (t) => {
     await c.quit();
   });
 
+  await t.test("AUTH inside a mail transaction is 503 5.5.1: a trusted network's MAIL cannot carry another identity's message", async () => {
+    const c = await open();
+    await ehlo(c);
+    await c.starttls(f.caPem);
+    await c.cmd("EHLO client.test");
+    assert.equal((await c.cmd("MAIL FROM:<news@example.com>")).code, 250, "the network may send as example.com");
+    const app2 = `AUTH PLAIN ${Buffer.from(`\0app2\0${PASSWORD}`).toString("base64")}`;
+    const during = await c.cmd(app2);
+    assert.match(during.lines[0]!, /^503 5\.5\.1 /, during.text);
+    assert.equal((await c.cmd("RSET")).code, 250);
+    assert.equal((await c.cmd(app2)).code, 235, "after RSET the identity may change");
+    const r = await c.cmd("MAIL FROM:<news@example.com>");
+    assert.match(r.lines[0]!, /^550 5\.7\.1 /, "authenticated as app2: example.com is not its domain");
+    await c.quit();
+  });
+
   await t.test("nodemailer with STARTTLS and AUTH LOGIN, many messages over one pooled connection", async () => {
     const transport = nodemailer.createTransport({
       host: HOST, port, secure: false, requireTLS: true, pool: true, maxConnections: 1, maxMessages: 100,
