@@ -58,7 +58,7 @@ function ruleYaml(r: PolicyRule, indent: string): string {
  * webhook configuration, the Lease) are the chart's, filled in by Helm.
  */
 export function rbacTemplate(): string {
-  const { cluster, namespaced } = splitByScope(clusterRules({ webhookConfigName: "{{ $webhookConfig }}" }));
+  const { cluster, namespaced } = splitByScope(clusterRules({ webhookConfigName: "{{ $webhookConfig }}", webhookConfigFromChart: true }));
   const lease = namespaceRules({ leaseName: "{{ $lease }}" });
   const meta = (kind: string, name: string, ns?: string) => [
     "apiVersion: rbac.authorization.k8s.io/v1",

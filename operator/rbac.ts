@@ -4,8 +4,11 @@
 
 export type PolicyRule = { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[]; why: string };
 
-/** Cluster-wide: the operator watches every namespace unless --namespace narrows it. */
-export function clusterRules(o: { webhookConfigName: string }): PolicyRule[] {
+/**
+ * Cluster-wide: the operator watches every namespace unless --namespace narrows it.
+ * webhookConfigFromChart: the chart's rules (the operator runs with --webhook-config-from-chart).
+ */
+export function clusterRules(o: { webhookConfigName: string; webhookConfigFromChart?: boolean }): PolicyRule[] {
   return [
     {
       apiGroups: ["mailfleet.io"], resources: ["sendingdomains", "ippools", "warmupschedules", "mailboxproviders"], verbs: ["get", "list", "watch"],
@@ -63,14 +66,18 @@ export function clusterRules(o: { webhookConfigName: string }): PolicyRule[] {
       apiGroups: ["admissionregistration.k8s.io"], resources: ["validatingwebhookconfigurations"], verbs: ["list", "watch"],
       why: "an informer over the webhook configuration (list/watch cannot be limited by name)",
     },
-    {
+    // The Helm chart renders the configuration itself (--webhook-config-from-chart): the operator
+    // only sets its CA bundle, so it needs neither create (which cannot be limited by name) nor delete.
+    ...(o.webhookConfigFromChart ? [{
+      apiGroups: ["admissionregistration.k8s.io"], resources: ["validatingwebhookconfigurations"], verbs: ["get", "patch"], resourceNames: [o.webhookConfigName],
+      why: "set the CA bundle of the chart's webhook configuration (a partial apply)",
+    }] : [{
       apiGroups: ["admissionregistration.k8s.io"], resources: ["validatingwebhookconfigurations"], verbs: ["get", "patch", "delete"], resourceNames: [o.webhookConfigName],
       why: "keep the webhook's configuration and CA bundle current (apply); remove it when the webhook is off",
-    },
-    {
+    }, {
       apiGroups: ["admissionregistration.k8s.io"], resources: ["validatingwebhookconfigurations"], verbs: ["create"],
       why: "the first apply of the configuration creates it (create cannot be limited by name)",
-    },
+    }]),
     {
       apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["create"],
       why: "Events on state changes",

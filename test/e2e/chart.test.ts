@@ -116,12 +116,12 @@ describe("charts/mailfleet offline", () => {
   it("the ClusterRole and Roles are operator/rbac.ts's rules, namespaced when watchNamespaces is set", async () => {
     const objs = await renderChart({ release: RELEASE, namespace: NS });
     const cr = one(objs, "ClusterRole", FULLNAME);
-    const want = strip(clusterRules({ webhookConfigName: `${FULLNAME}-webhook` }));
+    const want = strip(clusterRules({ webhookConfigName: `${FULLNAME}-webhook`, webhookConfigFromChart: true }));
     assert.deepEqual(cr.rules.flatMap(ruleKey).sort(), want.flatMap(ruleKey).sort());
     assert.deepEqual(one(objs, "Role", `${FULLNAME}-leader-election`).rules.flatMap(ruleKey).sort(), strip(namespaceRules({ leaseName: FULLNAME })).flatMap(ruleKey).sort());
     // The generated template keeps each rule's reason as a comment.
     const text = await mustHelm(["template", RELEASE, CHART_DIR, "-n", NS, "-s", "templates/rbac.yaml"]);
-    for (const r of clusterRules({ webhookConfigName: "x" })) assert.ok(text.includes(`# ${r.why}`), `comment: ${r.why}`);
+    for (const r of clusterRules({ webhookConfigName: "x", webhookConfigFromChart: true })) assert.ok(text.includes(`# ${r.why}`), `comment: ${r.why}`);
 
     const ns = await renderChart({ release: RELEASE, namespace: NS, valuesFiles: [PODMONITOR] });
     const roles = byKind(ns, "Role").filter((r) => r.metadata.name === FULLNAME);
@@ -310,7 +310,7 @@ describe("charts/mailfleet on the local control plane", { timeout: 1_800_000 }, 
       });
       return r.json().status.allowed === true;
     };
-    for (const rule of clusterRules({ webhookConfigName: `${FULLNAME}-webhook` })) {
+    for (const rule of clusterRules({ webhookConfigName: `${FULLNAME}-webhook`, webhookConfigFromChart: true })) {
       for (const resource of rule.resources) for (const verb of rule.verbs) {
         const name = rule.resourceNames?.[0];
         assert.ok(await can(verb, resource, { group: rule.apiGroups[0], namespace: resource.startsWith("mailboxproviders") || /webhook|customresource|namespaces/.test(resource) ? undefined : "mail-tx", name }), `${verb} ${resource} (${rule.why})`);
@@ -319,6 +319,9 @@ describe("charts/mailfleet on the local control plane", { timeout: 1_800_000 }, 
     assert.ok(await can("update", "leases", { group: "coordination.k8s.io", namespace: NS, name: FULLNAME }), "renew its Lease");
     assert.ok(!(await can("update", "leases", { group: "coordination.k8s.io", namespace: NS, name: "someone-else" })), "not others' Leases");
     assert.ok(!(await can("patch", "validatingwebhookconfigurations", { group: "admissionregistration.k8s.io", name: "another-webhook" })), "not other webhooks");
+    // The chart renders the webhook configuration; the operator only sets its CA bundle.
+    assert.ok(!(await can("create", "validatingwebhookconfigurations", { group: "admissionregistration.k8s.io" })), "creates no webhook configuration");
+    assert.ok(!(await can("delete", "validatingwebhookconfigurations", { group: "admissionregistration.k8s.io", name: `${FULLNAME}-webhook` })), "does not delete the chart's");
     assert.ok(!(await can("create", "pods", { namespace: "mail-tx" })), "no pods");
     assert.ok(!(await can("create", "clusterrolebindings", { group: "rbac.authorization.k8s.io" })), "no RBAC");
     assert.ok(!(await can("delete", "mailboxproviders", { group: "mailfleet.io", name: "google" })), "does not delete providers");

@@ -40,6 +40,13 @@ describe("chart files generated from the project", () => {
     for (const r of namespaced) for (const res of r.resources) assert.ok(!/^(mailboxproviders|validatingwebhookconfigurations|customresourcedefinitions|namespaces)(\/|$)/.test(res), res);
     for (const r of rules) assert.ok(r.why.length > 10, `rule on ${r.resources.join(",")} says why`);
   });
+
+  it("with the chart's webhook configuration the operator may neither create nor delete webhook configurations", () => {
+    const verbs = (fromChart: boolean) => clusterRules({ webhookConfigName: "x", webhookConfigFromChart: fromChart })
+      .filter((r) => r.resources.includes("validatingwebhookconfigurations")).flatMap((r) => r.verbs).sort();
+    assert.deepEqual(verbs(true), ["get", "list", "patch", "watch"]);
+    assert.deepEqual(verbs(false), ["create", "delete", "get", "list", "patch", "watch"]);
+  });
 });
 
 const ruleFiles = readdirSync(join(chart, "prometheus_rules")).filter((f) => f.endsWith(".yaml")).sort();
