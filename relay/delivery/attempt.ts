@@ -4,6 +4,7 @@
 // Which failures move on to the next MX host: anything before the transaction starts (address
 // lookup, connection, greeting, EHLO, STARTTLS), as RFC 5321 §5.1 asks. A reply to MAIL, RCPT or
 // DATA is the receiver's answer about this mail and decides the outcome.
+import { isIPv6 } from "node:net";
 import type { Envelope } from "../queue/envelope.ts";
 import type { ProviderPlan } from "../../api/plan.ts";
 import { classifyDeliveryError, classifyReply, type ReplyClass, type ReplyClassification } from "../classify/index.ts";
@@ -121,19 +122,23 @@ export async function attemptPart(input: AttemptInput, deps: AttemptDeps): Promi
     hosts = allowed;
   }
 
+  // A lane sends from one source address: an IPv6 lane reaches the MX hosts' AAAA addresses, an
+  // IPv4 lane their A addresses (a socket cannot cross families).
+  const family = isIPv6(lane.address) ? 6 : 4;
   let last: { c: ReplyClassification; reply: string } | undefined;
   for (const host of hosts) {
     let ips: string[];
     try {
-      ips = await deps.resolver.addresses(host);
+      ips = await deps.resolver.addresses(host, family);
     } catch (err) {
       const c = classifyDeliveryError({ code: "ESERVFAIL", message: (err as Error).message });
       last = { c, reply: localReply(c, (err as Error).message) };
       continue;
     }
     if (!ips.length) {
-      const c = classifyDeliveryError({ code: "ESERVFAIL", message: `MX host ${host} has no address` });
-      last = { c, reply: `451 4.4.3 MX host ${host} has no address record` };
+      const type = family === 6 ? "AAAA" : "A";
+      const c = classifyDeliveryError({ code: "ESERVFAIL", message: `MX host ${host} has no ${type} record` });
+      last = { c, reply: `451 4.4.3 MX host ${host} has no ${type} record (lane source ${lane.address})` };
       continue;
     }
     for (const ip of ips) {

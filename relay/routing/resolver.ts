@@ -1,10 +1,10 @@
 // MX resolution for routing, with a bounded cache that honours TTLs.
 //
 //   domain -> MX hosts by preference (RFC 5321 §5.1)
-//           | implicit MX: the domain itself when it has no MX but an address (A fallback)
+//           | implicit MX: the domain itself when it has no MX but an address (A, else AAAA)
 //           | null MX (RFC 7505: a single MX "." at any preference): the domain takes no mail
 //           | NXDOMAIN / no MX and no address: the domain takes no mail
-//   host   -> IPv4 addresses (A)
+//   host   -> IPv4 addresses (A) or IPv6 addresses (AAAA): a lane asks for its source address's family
 //
 // Positive answers are cached for their smallest TTL, NXDOMAIN and NODATA for the SOA minimum of
 // the authority section (RFC 2308), both clamped to [minTtlMs, maxTtlMs]. DNS failures are not
@@ -75,6 +75,14 @@ class Lru<T> {
   }
 }
 
+/** 4: A records, 6: AAAA records. */
+export type AddressFamily = 4 | 6;
+
+/** Address cache key: IPv4 answers under the bare name, IPv6 ones apart. */
+function addrKey(host: string, family: AddressFamily): string {
+  return family === 4 ? host : `aaaa:${host}`;
+}
+
 function normal(name: string): string {
   return name.trim().toLowerCase().replace(/\.$/, "");
 }
@@ -111,8 +119,8 @@ export class MxResolver {
     return e && e.expiresAt > this.#now() ? e.value : undefined;
   }
 
-  cachedAddresses(host: string): string[] | undefined {
-    const e = this.#addrs.get(normal(host));
+  cachedAddresses(host: string, family: AddressFamily = 4): string[] | undefined {
+    const e = this.#addrs.get(addrKey(normal(host), family));
     return e && e.expiresAt > this.#now() ? e.value : undefined;
   }
 
@@ -122,10 +130,11 @@ export class MxResolver {
     return this.#cachedOr(this.#routes, `r:${d}`, d, () => this.#lookupRoute(d));
   }
 
-  /** IPv4 addresses of a host ([] when it has none); throws DnsTemporaryError on DNS failure. */
-  addresses(host: string): Promise<string[]> {
+  /** A host's addresses of one family ([] when it has none); throws DnsTemporaryError on DNS failure. */
+  addresses(host: string, family: AddressFamily = 4): Promise<string[]> {
     const h = normal(host);
-    return this.#cachedOr(this.#addrs, `a:${h}`, h, () => this.#lookupA(h));
+    const key = addrKey(h, family);
+    return this.#cachedOr(this.#addrs, `a:${key}`, key, () => this.#lookupAddresses(h, family));
   }
 
   async #cachedOr<T>(lru: Lru<T>, pendingKey: string, key: string, lookup: () => Promise<Entry<T>>): Promise<T> {
@@ -182,23 +191,27 @@ export class MxResolver {
       const real = hosts.filter((h) => h.host !== "");
       return { value: { kind: "mx", hosts: real }, expiresAt: now + ttl };
     }
-    // NODATA for MX: fall back to the domain's own address.
-    const a = await this.client.query(domain, "A");
-    if (a.rcode === "NXDOMAIN") return { value: { kind: "nxdomain" }, expiresAt: now + this.#negative(a) };
-    const addrs = a.answers.filter((r) => r.type === "A");
-    if (addrs.length) {
-      const ttl = this.#ttl(Math.min(...addrs.map((r) => r.ttl)) * 1000);
-      // Cache the address too: delivery asks for it next.
-      this.#addrs.set(domain, { value: addrs.map((r) => String(r.data)), expiresAt: now + ttl });
-      return { value: { kind: "implicit", hosts: [{ host: domain, preference: 0 }] }, expiresAt: now + ttl };
+    // NODATA for MX: fall back to the domain's own address, IPv4 or IPv6 (RFC 5321 §5.1).
+    for (const family of [4, 6] as const) {
+      const type = family === 4 ? "A" : "AAAA";
+      const a = await this.client.query(domain, type);
+      if (a.rcode === "NXDOMAIN") return { value: { kind: "nxdomain" }, expiresAt: now + this.#negative(a) };
+      const addrs = a.answers.filter((r) => r.type === type);
+      if (addrs.length) {
+        const ttl = this.#ttl(Math.min(...addrs.map((r) => r.ttl)) * 1000);
+        // Cache the address too: delivery asks for it next.
+        this.#addrs.set(addrKey(domain, family), { value: addrs.map((r) => String(r.data)), expiresAt: now + ttl });
+        return { value: { kind: "implicit", hosts: [{ host: domain, preference: 0 }] }, expiresAt: now + ttl };
+      }
     }
     return { value: { kind: "nomail" }, expiresAt: now + this.#negative(res) };
   }
 
-  async #lookupA(host: string): Promise<Entry<string[]>> {
+  async #lookupAddresses(host: string, family: AddressFamily): Promise<Entry<string[]>> {
     const now = this.#now();
-    const res = await this.client.query(host, "A");
-    const addrs = res.answers.filter((r) => r.type === "A");
+    const type = family === 4 ? "A" : "AAAA";
+    const res = await this.client.query(host, type);
+    const addrs = res.answers.filter((r) => r.type === type);
     if (!addrs.length) return { value: [], expiresAt: now + this.#negative(res) };
     return { value: addrs.map((r) => String(r.data)), expiresAt: now + this.#ttl(Math.min(...addrs.map((r) => r.ttl)) * 1000) };
   }

@@ -92,20 +92,42 @@ export async function waitFor<T>(
   }
 }
 
-export function assertLoopback(component: string, field: string, address: string): void {
+/** Servers here listen on loopback only: 127.0.0.0/8, or ::1 where the peer takes IPv6 (allowIPv6). */
+export function assertLoopback(component: string, field: string, address: string, allowIPv6 = false): void {
+  if (allowIPv6 && address === '::1') return;
   if (!isIPv4(address) || !address.startsWith('127.')) {
-    throw new PeerError(component, `${field} must be an IPv4 loopback address (127.x.y.z), got ${JSON.stringify(address)}`);
+    throw new PeerError(component, `${field} must be an IPv4 loopback address (127.x.y.z)${allowIPv6 ? ' or ::1' : ''}, got ${JSON.stringify(address)}`);
   }
 }
 
 // ---- sockets from /proc (no probe connections) -------------------------------------------------
 
 function hexAddr(address: string, port: number): string {
-  // /proc/net/tcp prints the IPv4 address as a host-order (little-endian here) u32.
-  const b = address.split('.').map(Number);
-  const ip = [b[3], b[2], b[1], b[0]].map((x) => x!.toString(16).padStart(2, '0')).join('').toUpperCase();
+  // /proc/net/tcp prints the IPv4 address as a host-order (little-endian here) u32; /proc/net/tcp6
+  // the IPv6 address as four such u32s.
+  const hex = (bytes: number[]) => bytes.map((x) => x.toString(16).padStart(2, '0')).join('').toUpperCase();
+  let ip: string;
+  if (isIPv4(address)) {
+    const b = address.split('.').map(Number);
+    ip = hex([b[3]!, b[2]!, b[1]!, b[0]!]);
+  } else {
+    const b = ipv6Bytes(address);
+    ip = [0, 4, 8, 12].map((i) => hex([b[i + 3]!, b[i + 2]!, b[i + 1]!, b[i]!])).join('');
+  }
   return `${ip}:${port.toString(16).padStart(4, '0').toUpperCase()}`;
 }
+
+/** The 16 bytes of an IPv6 address (no embedded IPv4 form: loopback test addresses only). */
+function ipv6Bytes(address: string): number[] {
+  const [head, tail] = address.includes('::') ? address.split('::') as [string, string] : [address, undefined];
+  const groups = (s: string | undefined) => (s ? s.split(':').map((g) => parseInt(g, 16)) : []);
+  const h = groups(head);
+  const t = groups(tail);
+  const all = tail === undefined ? h : [...h, ...new Array(8 - h.length - t.length).fill(0), ...t];
+  return all.flatMap((g) => [g >> 8, g & 0xff]);
+}
+
+const table = (proto: 'tcp' | 'udp', address: string) => `/proc/net/${proto}${isIPv4(address) ? '' : '6'}`;
 
 interface SockLine {
   local: string;
@@ -134,19 +156,19 @@ function readSockTable(file: string): SockLine[] {
 /** Whether something listens on address:port over TCP (state LISTEN in /proc/net/tcp). */
 export function tcpListening(address: string, port: number): boolean {
   const want = hexAddr(address, port);
-  return readSockTable('/proc/net/tcp').some((s) => s.state === '0A' && s.local === want);
+  return readSockTable(table('tcp', address)).some((s) => s.state === '0A' && s.local === want);
 }
 
 /** Whether a UDP socket is bound on address:port. */
 export function udpBound(address: string, port: number): boolean {
   const want = hexAddr(address, port);
-  return readSockTable('/proc/net/udp').some((s) => s.local === want);
+  return readSockTable(table('udp', address)).some((s) => s.local === want);
 }
 
 /** Socket inodes of established TCP connections whose local end is address:port. */
 export function establishedInodes(address: string, port: number): Set<string> {
   const want = hexAddr(address, port);
-  return new Set(readSockTable('/proc/net/tcp').filter((s) => s.state === '01' && s.local === want).map((s) => s.inode));
+  return new Set(readSockTable(table('tcp', address)).filter((s) => s.state === '01' && s.local === want).map((s) => s.inode));
 }
 
 /** Socket inodes a process holds open. */

@@ -200,7 +200,7 @@ function validateOptions(opts: StartPostfixOptions): { rateTimeUnit?: string } {
   let unit: string | undefined;
   for (const [i, l] of opts.listeners.entries()) {
     const f = `listeners[${i}]`;
-    assertLoopback(COMPONENT, `${f}.address`, l.address);
+    assertLoopback(COMPONENT, `${f}.address`, l.address, true);
     const port = l.port ?? 25;
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PeerError(COMPONENT, `${f}.port must be 1..65535, got ${l.port}`);
     const key = `${l.address}:${port}`;
@@ -345,7 +345,8 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
     // to be allowed by maillog_file_prefixes.
     `maillog_file = ${logPath}`,
     `maillog_file_prefixes = ${dir}`,
-    'inet_protocols = ipv4',
+    // IPv6 only when a listener is on ::1 (some build machines have no IPv6 loopback).
+    `inet_protocols = ${listeners.some((l) => l.spec.address.includes(':')) ? 'ipv4, ipv6' : 'ipv4'}`,
     'inet_interfaces = loopback-only',
     `myhostname = ${listeners[0]!.spec.hostname}`,
     'mydomain = mailfleet.test',
@@ -385,7 +386,9 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
   ].join('\n');
   await writeFile(join(confDir, 'main.cf'), mainCf);
 
-  const mapName = (l: ListenerState, kind: string) => join(confDir, `${kind}-${l.spec.address}-${l.port}`);
+  // ':' of an IPv6 address would end a Postfix map type or a syslog name.
+  const safe = (address: string) => address.replaceAll(':', '_');
+  const mapName = (l: ListenerState, kind: string) => join(confDir, `${kind}-${safe(l.spec.address)}-${l.port}`);
 
   async function writeClientMap(l: ListenerState): Promise<void> {
     const lines = ['# client IP/CIDR -> reply (setClientReply)'];
@@ -403,8 +406,8 @@ export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixHa
       const s = l.spec;
       const lim = s.limits ?? {};
       const o = (name: string, value: string | number) => `  -o { ${name} = ${value} }`;
-      out.push(`${s.address}:${l.port} inet n - n - - smtpd`);
-      out.push(o('syslog_name', `postfix/${s.address}`));
+      out.push(`${s.address.includes(':') ? `[${s.address}]` : s.address}:${l.port} inet n - n - - smtpd`);
+      out.push(o('syslog_name', `postfix/${safe(s.address)}`));
       out.push(o('myhostname', s.hostname));
       if (lim.messageRatePerUnit !== undefined) out.push(o('smtpd_client_message_rate_limit', lim.messageRatePerUnit));
       if (lim.connectionCountLimit !== undefined) out.push(o('smtpd_client_connection_count_limit', lim.connectionCountLimit));
