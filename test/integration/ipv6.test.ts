@@ -2,9 +2,9 @@
 // address a loopback-only machine has) reaches its MX hosts' AAAA addresses, including a domain
 // whose only address is an AAAA record (implicit MX); an IPv4 lane reaches the A addresses, and a
 // host with no address of its family is a clear deferral, not a socket error. Postfix listens on
-// ::1 and on 127.0.72.1; dnsmasq serves the zone.
+// ::1 and on 127.0.86.1; dnsmasq serves the zone.
 //
-// Addresses: relay sources ::1 and 127.0.72.2, MX 127.0.72.1 and ::1, DNS 127.0.53.72.
+// Addresses: relay sources ::1 and 127.0.86.2, MX 127.0.86.1 and ::1, DNS 127.0.53.86.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
@@ -24,7 +24,7 @@ import { eventLog, makePlan, publishPlan, submit, until, type PlanSpec } from ".
 
 const T = { timeout: 180_000 };
 const OUT6 = { address: "::1", hostname: "out6.sender.test" };
-const OUT4 = { address: "127.0.72.2", hostname: "out4.sender.test" };
+const OUT4 = { address: "127.0.86.2", hostname: "out4.sender.test" };
 
 let base: string;
 let nats: Nats;
@@ -44,11 +44,11 @@ before(async () => {
   await chmod(base, 0o755);
   nats = await startNats({ dir: join(base, "nats") });
   dns = await startDns({
-    dir: join(base, "dns"), address: "127.0.53.72",
+    dir: join(base, "dns"), address: "127.0.53.86",
     records: [
       // Dual-stack MX, and a domain with no MX whose only address is IPv6.
       { type: "MX", name: "dual.test", value: "mx.dual.test" },
-      { type: "A", name: "mx.dual.test", value: "127.0.72.1" },
+      { type: "A", name: "mx.dual.test", value: "127.0.86.1" },
       { type: "AAAA", name: "mx.dual.test", value: "::1" },
       { type: "AAAA", name: "v6only.test", value: "::1" },
     ],
@@ -56,7 +56,7 @@ before(async () => {
   pf = await startPostfix({
     dir: join(base, "postfix"),
     domains: ["dual.test", "v6only.test"],
-    listeners: [{ address: "::1", hostname: "mx6.dual.test" }, { address: "127.0.72.1", hostname: "mx4.dual.test" }],
+    listeners: [{ address: "::1", hostname: "mx6.dual.test" }, { address: "127.0.86.1", hostname: "mx4.dual.test" }],
   });
   const config = loadRelayConfig({
     MAILFLEET_SECRETS_DIR: join(base, "no-secrets"),
@@ -111,7 +111,7 @@ test("an IPv4 lane uses the A address; a host with no A record is a deferral tha
 
   const v6 = await submit(relay.ctx.js, { rcpts: ["d@v6only.test"] });
   const d = await events.waitFor((x) => x.qid === v6.qid && x.type === "deferred", "deferred", 60_000);
-  assert.match(JSON.stringify(d), /451 4\.4\.3 MX host v6only\.test has no A record \(lane source 127\.0\.72\.2\)/);
+  assert.match(JSON.stringify(d), /451 4\.4\.3 MX host v6only\.test has no A record \(lane source 127\.0\.86\.2\)/);
 
   // The same message goes out once the pool has an IPv6 address again: nothing was lost.
   await applyPlan({ addresses: [OUT4, OUT6] });
