@@ -110,17 +110,42 @@ export async function signMessage(raw: Buffer, domain: string, keys: SigningKey[
  * OpenDKIM signs its bounces: receivers judge an unsigned bounce like any unsigned mail. Throws,
  * naming the file, when a key the plan lists is not in the Secret.
  */
-export function domainSigner(keyring: Keyring, now: () => number): (raw: Buffer, domain: DomainPlan) => Promise<Buffer> {
+/** Where signing keys come from: the relay's mounted Secret (Keyring), or a Secret read into memory (the CLI). */
+export interface KeySource {
+  /** The parsed key named `name`, or undefined when it is missing or bad. */
+  get(name: string, now?: number): KeyObject | undefined;
+}
+
+/** Keys from a Secret's data (base64 values) held in memory, parsed once each. */
+export function secretKeySource(data: Record<string, string>): KeySource {
+  const parsed = new Map<string, KeyObject | undefined>();
+  return {
+    get(name) {
+      if (!parsed.has(name)) {
+        let key: KeyObject | undefined;
+        try {
+          key = data[name] ? createPrivateKey(Buffer.from(data[name], "base64")) : undefined;
+        } catch {
+          key = undefined;
+        }
+        parsed.set(name, key);
+      }
+      return parsed.get(name);
+    },
+  };
+}
+
+export function domainSigner(keyring: KeySource, now: () => number): (raw: Buffer, domain: DomainPlan) => Promise<Buffer> {
   return async (raw, domain) => {
     const t = now();
     const { keys, missing } = signingKeys(keyring, domain.dkim, t);
-    if (missing) throw new Error(`DKIM key ${missing} is not in the relay's Secret`);
+    if (missing) throw new Error(`DKIM key ${missing} is not in the pool's Secret`);
     return signMessage(raw, domain.domain, keys, t);
   };
 }
 
 /** The keys a domain's plan names, read from the keyring; `missing` names a key file that is not there. */
-export function signingKeys(keyring: Keyring, dkim: DkimKeyPlan[], nowMs: number): { keys: SigningKey[]; missing?: string } {
+export function signingKeys(keyring: KeySource, dkim: DkimKeyPlan[], nowMs: number): { keys: SigningKey[]; missing?: string } {
   const keys: SigningKey[] = [];
   for (const k of dkim) {
     const key = keyring.get(k.keyName, nowMs);
@@ -135,7 +160,7 @@ export function signingKeys(keyring: Keyring, dkim: DkimKeyPlan[], nowMs: number
  * files change: the kubelet swaps a mounted Secret's `..data` symlink in place, which a directory
  * watch sees; a stat on use every 30 s covers file systems without inotify.
  */
-export class Keyring {
+export class Keyring implements KeySource {
   readonly #dir: string;
   readonly #log: Logger;
   readonly #cache = new Map<string, { key: KeyObject; mtimeMs: number; size: number; checkedAt: number }>();

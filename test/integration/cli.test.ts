@@ -18,6 +18,7 @@ import * as k8s from "@kubernetes/client-node";
 import { localDown, localUp, PROJECT_ROOT, type LocalState } from "../env/local.ts";
 import { startDns, type DnsHandle, type DnsRecord } from "../env/peers/dns.ts";
 import { startPostfix, type PostfixHandle } from "../env/peers/postfix.ts";
+import { verifyDkim } from "../env/peers/dkim-verify.ts";
 import { KubeClient, pathOf, resourceForKind } from "../../operator/runtime/kube.ts";
 
 const CLI = join(PROJECT_ROOT, "bin", "mailfleet");
@@ -447,6 +448,11 @@ describe("mailfleet CLI against the local fleet", { timeout: 3_600_000 }, () => 
     const [dsn] = await pf.waitForMessages(1, { filter: (x) => x.deliveredTo === "alice@example.com" && x.raw.toString().includes(qids[2]!), timeoutMs: 180_000 });
     assert.match(dsn!.raw.toString(), /report-type=delivery-status/);
     assert.match(dsn!.raw.toString(), /Final-Recipient: rfc822; user3@gmail\.com/);
+    // Signed as a relay signs its DSNs: with example.com's key from the pool's keyring Secret.
+    const ex = ok(await mf(["dns", "example.com", "-o", "json"]), "dns example.com").json();
+    await dns.addRecords(ex.records.filter((r: any) => r.purpose === "dkim").map((r: any) => ({ type: "TXT", name: r.name, value: r.strings })));
+    const v = await verifyDkim(dsn!.raw, DNS);
+    assert.ok(v.ok, `the DSN's DKIM signature: ${JSON.stringify(v)}`);
 
     // Release the rest and resume the lanes: exactly the two kept messages arrive.
     ok(await mf(["queue", "release", "--all"]), "release --all");

@@ -17,7 +17,9 @@
 //
 // Purge deletes (with a `dropped` event per part, so the sender's record shows it); bounce records
 // a permanent failure per recipient through the delivery side's Outcomes (bounced events and a DSN
-// to the submitter when the domain asks for DSNs, exactly as a 5xx from a receiver would).
+// to the submitter when the domain asks for DSNs, exactly as a 5xx from a receiver would). The DSN
+// is DKIM-signed as a relay signs it, with the keys of the pool's keyring Secret, read into memory
+// only (a user who may not read it gets a warning, and the DSNs go out unsigned).
 import { hostname } from "node:os";
 import { Registry } from "prom-client";
 import { Objm } from "@nats-io/obj";
@@ -34,6 +36,8 @@ import { deliveryMetrics } from "../../../relay/delivery/metrics.ts";
 import { publishEvent } from "../../../relay/delivery/events.ts";
 import { buildIndex } from "../../../relay/plan/index.ts";
 import { createLogger } from "../../../relay/runtime/logger.ts";
+import { domainSigner, secretKeySource } from "../../../relay/accept/dkim.ts";
+import { relaySecretName } from "../../../operator/render/pool.ts";
 import { classifyReply } from "../../../relay/classify/index.ts";
 import type { RcptResult } from "../../../relay/delivery/attempt.ts";
 import type { Envelope } from "../../../relay/queue/envelope.ts";
@@ -143,7 +147,7 @@ export async function act(fleet: Fleet, common: Common, action: Action, sel: Sel
     }
     const scan = await scanQueue(h, sel, o.maxScan);
     const results: ItemResult[] = [];
-    const ctx = await context(h, action, plan, by, o.reason);
+    const ctx = await context(fleet, h, action, plan, by, o.reason);
     for (const it of scan.items) {
       const env = it.env!;
       const base = { qid: env.id, part: env.part, pool: it.pool, subject: it.subject, seq: it.seq, rcpts: env.rcpts.length };
@@ -176,7 +180,7 @@ interface Ctx {
   run(it: Item, env: Envelope): Promise<Pick<ItemResult, "result" | "to">>;
 }
 
-async function context(h: NatsHandle, action: Action, plan: Awaited<ReturnType<Fleet["plan"]>>, by: string, reason: string | undefined): Promise<Ctx> {
+async function context(fleet: Fleet, h: NatsHandle, action: Action, plan: Awaited<ReturnType<Fleet["plan"]>>, by: string, reason: string | undefined): Promise<Ctx> {
   const now = () => Date.now();
   const del = async (seq: number): Promise<boolean> => {
     try {
@@ -283,12 +287,27 @@ async function context(h: NatsHandle, action: Action, plan: Awaited<ReturnType<F
   const reply = `550 5.0.0 Bounced by the mail administrator (mailfleet queue bounce)${reason ? `: ${reason.replace(/[\r\n]+/g, " ").slice(0, 300)}` : ""}`;
   const cls = classifyReply(reply);
   const outcomesByPool = new Map<string, Outcomes>();
+  // The pool's keyring Secret, for signing DSNs: undefined (with a warning) when it cannot be read.
+  const signer = async (pool: string) => {
+    const [ns, name] = pool.split("/") as [string, string];
+    const secret = `${ns}/${relaySecretName(name)}`;
+    try {
+      const kube = await fleet.kube();
+      const s = await kube.request<{ data?: Record<string, string> }>("GET", `/api/v1/namespaces/${ns}/secrets/${relaySecretName(name)}`, { timeoutMs: 10_000 });
+      return domainSigner(secretKeySource(s.data ?? {}), Date.now);
+    } catch (e) {
+      warn(`DSNs of pool ${pool} go out unsigned: cannot read its keyring Secret ${secret} (${(e as Error).message})`);
+      return undefined;
+    }
+  };
   const outcomes = async (pool: string) => {
     let oc = outcomesByPool.get(pool);
     if (!oc) {
       const host = plan?.pools.find((p) => p.id === pool)?.addresses[0]?.hostname ?? hostname();
+      const sign = plan ? await signer(pool) : undefined;
       oc = new Outcomes({
         js: h.js, bodies: await bodyStore(), pool, plan: () => index, metrics: deliveryMetrics(new Registry()), log, now, reportingMta: host,
+        ...(sign ? { sign } : {}),
       });
       outcomesByPool.set(pool, oc);
     }
