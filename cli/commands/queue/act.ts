@@ -290,13 +290,13 @@ async function context(fleet: Fleet, h: NatsHandle, action: Action, plan: Awaite
   // The pool's keyring Secret, for signing DSNs: undefined (with a warning) when it cannot be read.
   const signer = async (pool: string) => {
     const [ns, name] = pool.split("/") as [string, string];
-    const secret = `${ns}/${relaySecretName(name)}`;
+    const secret = relaySecretName(name);
     try {
       const kube = await fleet.kube();
-      const s = await kube.request<{ data?: Record<string, string> }>("GET", `/api/v1/namespaces/${ns}/secrets/${relaySecretName(name)}`, { timeoutMs: 10_000 });
+      const s = await kube.request<{ data?: Record<string, string> }>("GET", `/api/v1/namespaces/${ns}/secrets/${secret}`, { timeoutMs: 10_000 });
       return domainSigner(secretKeySource(s.data ?? {}), Date.now);
     } catch (e) {
-      warn(`DSNs of pool ${pool} go out unsigned: cannot read its keyring Secret ${secret} (${(e as Error).message})`);
+      warn(`DSNs of pool ${pool} go out unsigned: cannot read its keyring Secret ${ns}/${secret} (${(e as Error).message})`);
       return undefined;
     }
   };
