@@ -2,13 +2,14 @@
 // body canonicalisation checked against mailauth's, the relay's header fields, unsubscribe tokens,
 // the submission rate limiter, plan decoding and trusted-network matching.
 import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
 import { createRequire } from "node:module";
 import { gzipSync } from "node:zlib";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { PLAN_SCHEMA, DEFAULT_DELIVERY, type Plan } from "../../api/plan.ts";
 import { normalizeLineEndings, splitMessage } from "../../relay/accept/normalize.ts";
-import { relaxedBody, relaxedBodyHash } from "../../relay/accept/dkim.ts";
+import { domainSigner, relaxedBody, relaxedBodyHash, secretKeySource } from "../../relay/accept/dkim.ts";
 import { composeHeader, feedbackId } from "../../relay/accept/compose.ts";
 import { parseHeaders } from "../../relay/accept/mailauth.ts";
 import { unsubscribeToken, verifyUnsubscribeToken } from "../../relay/accept/unsubscribe.ts";
@@ -191,5 +192,23 @@ describe("stream settings", () => {
     const old = desiredStreams({ replicas: 1, features: { version: "2.10.0", msgTtl: false, atomicBatch: false, msgSchedules: false } });
     assert.equal(old[0]!.allow_atomic, undefined);
     assert.equal(old[1]!.allow_msg_schedules, undefined);
+  });
+});
+
+describe("secretKeySource: DKIM keys from a Secret's data (the CLI's DSNs)", () => {
+  const pem = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }) as string;
+  const data = { "dkim-a.key": Buffer.from(pem).toString("base64"), "bad.key": Buffer.from("not a key").toString("base64") };
+  const domain = (keyName: string) => ({ domain: "example.com", dkim: [{ selector: "s1", algorithm: "ed25519-sha256", keyName }] }) as never;
+
+  it("parses a key once, and names a key that is missing or unreadable", async () => {
+    const src = secretKeySource(data);
+    assert.ok(src.get("dkim-a.key"));
+    assert.equal(src.get("dkim-a.key"), src.get("dkim-a.key"), "parsed once");
+    assert.equal(src.get("bad.key"), undefined);
+    assert.equal(src.get("nope.key"), undefined);
+    const sign = domainSigner(src, () => Date.parse("2026-11-28T00:00:00Z"));
+    const signed = (await sign(Buffer.from("From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n"), domain("dkim-a.key"))).toString();
+    assert.match(signed, /^DKIM-Signature: [^]*d=example\.com[^]*s=s1/);
+    await assert.rejects(sign(Buffer.from("From: a@example.com\r\n\r\nx\r\n"), domain("bad.key")), /DKIM key bad\.key is not in the pool's Secret/);
   });
 });
