@@ -60,6 +60,13 @@ describe("validation names the field", () => {
     assert.equal(after(withLimits({ maxConnections: 0 }), "spec.addresses[0].limits.maxConnections"), after(provider, "spec.limits.maxConnections"));
     assert.equal(validateObject(withLimits({ messageRate: "2000/h", maxConnections: 10 })).kind, "IPPool");
   });
+  it("maxMessageSize: a whole number of bytes or a quantity the relay can read", () => {
+    const withSize = (maxMessageSize: unknown) => pool({ addresses: [{ address: "192.0.2.1", hostname: "a.example.com" }], relay: { submission: { maxMessageSize } } });
+    for (const bad of ["abc", "25 Mi", "1e3", "", 1.5, 0, -1]) {
+      assert.throws(() => validateObject(withSize(bad)), /spec\.relay\.submission\.maxMessageSize/, JSON.stringify(bad));
+    }
+    for (const good of ["25Mi", "1.5Gi", "10M", "1000", 26214400]) assert.equal(validateObject(withSize(good)).kind, "IPPool", JSON.stringify(good));
+  });
   it("shrinking schedule", () => {
     const obj = {
       apiVersion: "mailfleet.io/v1alpha1", kind: "WarmupSchedule", metadata: { name: "w", namespace: "n" },
