@@ -1,5 +1,5 @@
 // Parsing of the API's textual units: durations (10m), rates (600/min) and quantities (25Mi).
-import { DURATION_RE, RATE_RE } from "./v1alpha1/common.ts";
+import { DURATION_RE, QUANTITY_RE, RATE_RE } from "./v1alpha1/common.ts";
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
@@ -47,7 +47,7 @@ const QUANTITY_SUFFIXES: Record<string, number> = {
 /** Bytes in a Kubernetes quantity such as 25Mi or 10M. */
 export function parseQuantity(value: string | number): number {
   if (typeof value === "number") return value;
-  const m = /^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(value.trim());
+  const m = QUANTITY_RE.exec(value.trim());
   if (!m) throw new Error(`invalid quantity ${JSON.stringify(value)}: use e.g. 25Mi or 10M`);
   return Math.floor(Number(m[1]) * QUANTITY_SUFFIXES[m[2] ?? ""]!);
 }

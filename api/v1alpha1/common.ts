@@ -131,24 +131,25 @@ export const rate = z
 /** A fraction between 0 and 1, e.g. a bounce rate threshold. */
 export const fraction = z.number().min(0).max(1);
 
-/** What api/units.ts parseQuantity reads: 25Mi, 1.5Gi, 10M, 26214400. */
-// No backslash: the pattern goes into a CEL string literal as it is.
-const QUANTITY_RE = /^[0-9]+([.][0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$/;
+/**
+ * A size quantity as api/units.ts parseQuantity reads it: 25Mi, 1.5Gi, 10M. No backslash: the
+ * pattern also goes into a CEL string literal as it is.
+ */
+export const QUANTITY_RE = /^([0-9]+(?:[.][0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/;
 const QUANTITY_MESSAGE = "must be a positive whole number of bytes or a quantity such as 25Mi or 10M";
-const MAX_INT = Number.MAX_SAFE_INTEGER;
 /**
  * A size as a Kubernetes resource quantity (int-or-string), kept as given. The int-or-string node
- * keeps no per-branch keyword in the CRD, so the API server checks both forms with CEL (found by
- * test/integration/fuzz-crd.test.ts: 1.5 and "abc" were let through, and the relay then refused
- * to start).
+ * keeps no per-branch keyword in the CRD, so the API server checks both forms with CEL, and zod with
+ * its twin (found by test/integration/fuzz-crd.test.ts: 1.5 and "abc" were let through, and the
+ * relay then refused to start).
  */
 export const quantity = k8s(
-  z.union([z.string().max(32).regex(QUANTITY_RE, QUANTITY_MESSAGE), z.number().int(QUANTITY_MESSAGE).min(1, QUANTITY_MESSAGE)]),
+  z.union([z.string().max(32), z.number()]),
   {
     "x-kubernetes-int-or-string": true,
     maxLength: 32,
     cel: [{
-      rule: `type(self) == int ? (self >= 1 && self <= ${MAX_INT}) : self.matches('${QUANTITY_RE.source}')`,
+      rule: `type(self) == int ? (self >= 1 && self <= ${Number.MAX_SAFE_INTEGER}) : self.matches('${QUANTITY_RE.source}')`,
       message: QUANTITY_MESSAGE,
       holds: (v: unknown) => (typeof v === "number" ? Number.isSafeInteger(v) && v >= 1 : typeof v === "string" && QUANTITY_RE.test(v)),
     }],

@@ -105,11 +105,6 @@ export async function signMessage(raw: Buffer, domain: string, keys: SigningKey[
   return Buffer.concat([Buffer.from(sigs, "latin1"), raw]);
 }
 
-/**
- * Signs messages the relay writes itself (DSNs) with the sending domain's keys, as Postfix with
- * OpenDKIM signs its bounces: receivers judge an unsigned bounce like any unsigned mail. Throws,
- * naming the file, when a key the plan lists is not in the Secret.
- */
 /** Where signing keys come from: the relay's mounted Secret (Keyring), or a Secret read into memory (the CLI). */
 export interface KeySource {
   /** The parsed key named `name`, or undefined when it is missing or bad. */
@@ -135,6 +130,11 @@ export function secretKeySource(data: Record<string, string>): KeySource {
   };
 }
 
+/**
+ * Signs messages the relay writes itself (DSNs) with the sending domain's keys, as Postfix with
+ * OpenDKIM signs its bounces: receivers judge an unsigned bounce like any unsigned mail. Throws,
+ * naming the file, when a key the plan lists is not in the Secret.
+ */
 export function domainSigner(keyring: KeySource, now: () => number): (raw: Buffer, domain: DomainPlan) => Promise<Buffer> {
   return async (raw, domain) => {
     const t = now();

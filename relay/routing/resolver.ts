@@ -78,6 +78,8 @@ class Lru<T> {
 /** 4: A records, 6: AAAA records. */
 export type AddressFamily = 4 | 6;
 
+const recordType = (family: AddressFamily) => (family === 4 ? "A" : "AAAA");
+
 /** Address cache key: IPv4 answers under the bare name, IPv6 ones apart. */
 function addrKey(host: string, family: AddressFamily): string {
   return family === 4 ? host : `aaaa:${host}`;
@@ -193,24 +195,25 @@ export class MxResolver {
     }
     // NODATA for MX: fall back to the domain's own address, IPv4 or IPv6 (RFC 5321 §5.1).
     for (const family of [4, 6] as const) {
-      const type = family === 4 ? "A" : "AAAA";
-      const a = await this.client.query(domain, type);
+      const a = await this.client.query(domain, recordType(family));
       if (a.rcode === "NXDOMAIN") return { value: { kind: "nxdomain" }, expiresAt: now + this.#negative(a) };
-      const addrs = a.answers.filter((r) => r.type === type);
-      if (addrs.length) {
-        const ttl = this.#ttl(Math.min(...addrs.map((r) => r.ttl)) * 1000);
+      const addrs = this.#addressEntry(a, family, now);
+      if (addrs.value.length) {
         // Cache the address too: delivery asks for it next.
-        this.#addrs.set(addrKey(domain, family), { value: addrs.map((r) => String(r.data)), expiresAt: now + ttl });
-        return { value: { kind: "implicit", hosts: [{ host: domain, preference: 0 }] }, expiresAt: now + ttl };
+        this.#addrs.set(addrKey(domain, family), addrs);
+        return { value: { kind: "implicit", hosts: [{ host: domain, preference: 0 }] }, expiresAt: addrs.expiresAt };
       }
     }
     return { value: { kind: "nomail" }, expiresAt: now + this.#negative(res) };
   }
 
   async #lookupAddresses(host: string, family: AddressFamily): Promise<Entry<string[]>> {
-    const now = this.#now();
-    const type = family === 4 ? "A" : "AAAA";
-    const res = await this.client.query(host, type);
+    return this.#addressEntry(await this.client.query(host, recordType(family)), family, this.#now());
+  }
+
+  /** The addresses of one family in an answer, cached for their smallest TTL (none: the negative TTL). */
+  #addressEntry(res: DnsAnswer, family: AddressFamily, now: number): Entry<string[]> {
+    const type = recordType(family);
     const addrs = res.answers.filter((r) => r.type === type);
     if (!addrs.length) return { value: [], expiresAt: now + this.#negative(res) };
     return { value: addrs.map((r) => String(r.data)), expiresAt: now + this.#ttl(Math.min(...addrs.map((r) => r.ttl)) * 1000) };

@@ -239,16 +239,19 @@ export function guardConnections(server: SMTPServer, o: GuardOptions): Connectio
     if (o.authAfterTls) {
       const onCommand = conn._onCommand;
       conn._onCommand = function (this: Conn, command: Buffer, callback?: () => void) {
-        if (!this.secure && this._ready && !this._upgrading && !this._closing && /^AUTH(?:[ \t]|$)/i.test(String(command ?? ""))) {
-          o.onEvent?.("auth-before-tls", ip);
-          this.send(538, "5.7.11 Encryption required for requested authentication mechanism: issue STARTTLS first", false);
-          setImmediate(() => this._whenWritable(callback ?? (() => false)));
-          return;
-        }
-        if (this._ready && !this._closing && this.session.envelope?.mailFrom && /^AUTH(?:[ \t]|$)/i.test(String(command ?? ""))) {
-          this.send(503, "5.5.1 AUTH not permitted during a mail transaction: RSET first", false);
-          setImmediate(() => this._whenWritable(callback ?? (() => false)));
-          return;
+        if (this._ready && !this._closing && /^AUTH(?:[ \t]|$)/i.test(String(command ?? ""))) {
+          let refusal: [number, string] | undefined;
+          if (!this.secure && !this._upgrading) {
+            o.onEvent?.("auth-before-tls", ip);
+            refusal = [538, "5.7.11 Encryption required for requested authentication mechanism: issue STARTTLS first"];
+          } else if (this.session.envelope?.mailFrom) {
+            refusal = [503, "5.5.1 AUTH not permitted during a mail transaction: RSET first"];
+          }
+          if (refusal) {
+            this.send(refusal[0], refusal[1], false);
+            setImmediate(() => this._whenWritable(callback ?? (() => false)));
+            return;
+          }
         }
         return onCommand.call(this, command, callback);
       };

@@ -7,6 +7,7 @@ import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { isIPv4 } from 'node:net';
+import ipaddr from 'ipaddr.js';
 
 /** An error from a peer launcher: names the component and carries the tail of its log. */
 export class PeerError extends Error {
@@ -105,26 +106,10 @@ export function assertLoopback(component: string, field: string, address: string
 function hexAddr(address: string, port: number): string {
   // /proc/net/tcp prints the IPv4 address as a host-order (little-endian here) u32; /proc/net/tcp6
   // the IPv6 address as four such u32s.
-  const hex = (bytes: number[]) => bytes.map((x) => x.toString(16).padStart(2, '0')).join('').toUpperCase();
-  let ip: string;
-  if (isIPv4(address)) {
-    const b = address.split('.').map(Number);
-    ip = hex([b[3]!, b[2]!, b[1]!, b[0]!]);
-  } else {
-    const b = ipv6Bytes(address);
-    ip = [0, 4, 8, 12].map((i) => hex([b[i + 3]!, b[i + 2]!, b[i + 1]!, b[i]!])).join('');
-  }
-  return `${ip}:${port.toString(16).padStart(4, '0').toUpperCase()}`;
-}
-
-/** The 16 bytes of an IPv6 address (no embedded IPv4 form: loopback test addresses only). */
-function ipv6Bytes(address: string): number[] {
-  const [head, tail] = address.includes('::') ? address.split('::') as [string, string] : [address, undefined];
-  const groups = (s: string | undefined) => (s ? s.split(':').map((g) => parseInt(g, 16)) : []);
-  const h = groups(head);
-  const t = groups(tail);
-  const all = tail === undefined ? h : [...h, ...new Array(8 - h.length - t.length).fill(0), ...t];
-  return all.flatMap((g) => [g >> 8, g & 0xff]);
+  const b = ipaddr.parse(address).toByteArray();
+  let ip = '';
+  for (let i = 0; i < b.length; i += 4) ip += b.slice(i, i + 4).reverse().map((x) => x.toString(16).padStart(2, '0')).join('');
+  return `${ip.toUpperCase()}:${port.toString(16).padStart(4, '0').toUpperCase()}`;
 }
 
 const table = (proto: 'tcp' | 'udp', address: string) => `/proc/net/${proto}${isIPv4(address) ? '' : '6'}`;
